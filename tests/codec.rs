@@ -71,7 +71,9 @@ fn decode_errors<C: Codec>(codec: C) {
         Err(CodecError::TrailingBytes { extra: 3 })
     ));
     // A hostile collection length (varint near u64::MAX) neither panics nor allocates it.
-    let hostile = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x00];
+    let hostile = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x00,
+    ];
     assert!(codec.decode::<Vec<u64>>(&hostile).is_err());
     assert!(codec.decode::<String>(&hostile).is_err());
     // Random garbage never panics.

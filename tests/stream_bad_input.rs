@@ -190,6 +190,8 @@ async fn write_error_is_reported_at_reserve_or_close() {
     let e = saw_error.expect("writing to a closed peer never failed");
     assert!(matches!(e, LinkError::Io(_)), "{e:?}");
     // Sticky, and close reports it too.
-    assert!(actix_tether::links::send_bytes(&mut tx, b"x").await.is_err());
+    assert!(actix_tether::links::send_bytes(&mut tx, b"x")
+        .await
+        .is_err());
     assert!(tx.close().await.is_err());
 }

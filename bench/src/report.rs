@@ -86,22 +86,23 @@ impl Report {
                 }
                 Kind::RoundTrip => format!("{m:.1} µs [{lo_v:.1}–{hi_v:.1}]"),
             };
-            let (ratio, vs) = match &row.baseline {
-                Some(b) => match self.rows.iter().find(|r| {
-                    &r.contender == b && r.scenario == row.scenario && r.size == row.size
-                }) {
-                    Some(base) => {
-                        let bv = self.median_value(base);
-                        let noisy = overlaps(self, row, base);
-                        (
-                            format!("{:.2}×{}", m / bv, if noisy { "~" } else { "" }),
-                            b.clone(),
-                        )
-                    }
-                    None => ("-".into(), String::new()),
-                },
-                None => ("1.00×".into(), "(baseline)".into()),
-            };
+            let (ratio, vs) =
+                match &row.baseline {
+                    Some(b) => match self.rows.iter().find(|r| {
+                        &r.contender == b && r.scenario == row.scenario && r.size == row.size
+                    }) {
+                        Some(base) => {
+                            let bv = self.median_value(base);
+                            let noisy = overlaps(self, row, base);
+                            (
+                                format!("{:.2}×{}", m / bv, if noisy { "~" } else { "" }),
+                                b.clone(),
+                            )
+                        }
+                        None => ("-".into(), String::new()),
+                    },
+                    None => ("1.00×".into(), "(baseline)".into()),
+                };
             println!(
                 "{:<28} {:>7}  {:<34} {:>26}  {:>8}  {}",
                 row.scenario,
@@ -120,8 +121,14 @@ impl Report {
 fn overlaps(_r: &Report, a: &Row, b: &Row) -> bool {
     let (_, alo, ahi) = summarize(a.samples.clone());
     let (_, blo, bhi) = summarize(b.samples.clone());
-    let (a0, a1) = (alo.as_secs_f64() / a.ops as f64, ahi.as_secs_f64() / a.ops as f64);
-    let (b0, b1) = (blo.as_secs_f64() / b.ops as f64, bhi.as_secs_f64() / b.ops as f64);
+    let (a0, a1) = (
+        alo.as_secs_f64() / a.ops as f64,
+        ahi.as_secs_f64() / a.ops as f64,
+    );
+    let (b0, b1) = (
+        blo.as_secs_f64() / b.ops as f64,
+        bhi.as_secs_f64() / b.ops as f64,
+    );
     a0 <= b1 && b0 <= a1
 }
 
