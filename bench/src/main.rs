@@ -25,6 +25,49 @@ pub struct Settings {
     pub stream_bytes: usize,
     /// Round trips per latency measurement.
     pub round_trips: usize,
+    /// Only this runtime flavor (default: both).
+    pub flavor: Option<Flavor>,
+}
+
+/// The tokio runtime a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// One thread, as an actix Arbiter runs: no cross-thread wake-ups inside the process.
+    CurrentThread,
+    /// Two worker threads: tasks may run on either core.
+    MultiThread,
+}
+
+impl Flavor {
+    /// Short label used in scenario names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Flavor::CurrentThread => "ct",
+            Flavor::MultiThread => "mt",
+        }
+    }
+
+    fn runtime(self) -> tokio::runtime::Runtime {
+        match self {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        }
+        .expect("tokio runtime")
+    }
+}
+
+impl Settings {
+    fn flavors(&self) -> Vec<Flavor> {
+        match self.flavor {
+            Some(f) => vec![f],
+            None => vec![Flavor::CurrentThread, Flavor::MultiThread],
+        }
+    }
 }
 
 impl Settings {
@@ -39,10 +82,18 @@ fn main() {
         repeats: 7,
         stream_bytes: 64 << 20,
         round_trips: 5_000,
+        flavor: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--flavor" => {
+                settings.flavor = match args.next().as_deref() {
+                    Some("ct") => Some(Flavor::CurrentThread),
+                    Some("mt") => Some(Flavor::MultiThread),
+                    _ => usage("--flavor needs ct or mt"),
+                }
+            }
             "--quick" => {
                 settings.repeats = 3;
                 settings.stream_bytes = 8 << 20;
@@ -60,14 +111,11 @@ fn main() {
         }
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-
     let mut report = Report::new(&settings);
-    rt.block_on(stream::run(&settings, &mut report));
+    for flavor in settings.flavors() {
+        let rt = flavor.runtime();
+        rt.block_on(stream::run(&settings, flavor, &mut report));
+    }
     report.print();
 }
 
@@ -75,7 +123,7 @@ fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("error: {err}");
     }
-    eprintln!("usage: tether-bench [--repeats N] [--quick]");
+    eprintln!("usage: tether-bench [--repeats N] [--quick] [--flavor ct|mt]");
     std::process::exit(if err.is_empty() { 0 } else { 2 });
 }
 

@@ -38,7 +38,7 @@ impl Report {
             .unwrap_or(0);
         Report {
             header: format!(
-                "machine: {} CPUs, {}; repeats: {} (median [min–max]); stream bytes per run: {} MiB; round trips per run: {}",
+                "machine: {} CPUs, {}; runtimes: ct = tokio current-thread (as an actix Arbiter), mt = tokio multi-thread with 2 workers; repeats: {} (median [min–max]); stream bytes per run: {} MiB; round trips per run: {}",
                 cpus,
                 std::env::consts::ARCH,
                 s.repeats,

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::report::{Kind, Report, Row};
-use crate::Settings;
+use crate::{Flavor, Settings};
 
 pub const SIZES: [usize; 3] = [64, 4096, 65536];
 
@@ -211,7 +211,7 @@ async fn baseline_round_trips(net: Net, size: usize, n: usize) -> Duration {
 }
 
 /// Runs the stream scenarios.
-pub async fn run(s: &Settings, report: &mut Report) {
+pub async fn run(s: &Settings, flavor: Flavor, report: &mut Report) {
     for net in [Net::Unix, Net::Tcp] {
         for size in SIZES {
             let n = s.stream_messages(size);
@@ -220,7 +220,7 @@ pub async fn run(s: &Settings, report: &mut Report) {
                 raw.push(baseline_throughput(net, size, n).await);
                 ours.push(ours_throughput(net, size, n).await);
             }
-            let scenario = format!("stream {} one-way", net.name());
+            let scenario = format!("stream {} one-way ({})", net.name(), flavor.label());
             push_pair(report, &scenario, size, Kind::Throughput, n, raw, ours);
 
             let n = s.round_trips;
@@ -229,7 +229,7 @@ pub async fn run(s: &Settings, report: &mut Report) {
                 raw.push(baseline_round_trips(net, size, n).await);
                 ours.push(ours_round_trips(net, size, n).await);
             }
-            let scenario = format!("stream {} round trip", net.name());
+            let scenario = format!("stream {} round trip ({})", net.name(), flavor.label());
             push_pair(report, &scenario, size, Kind::RoundTrip, n, raw, ours);
         }
     }
