@@ -195,3 +195,32 @@ async fn write_error_is_reported_at_reserve_or_close() {
         .is_err());
     assert!(tx.close().await.is_err());
 }
+
+#[test]
+fn reserve_fails_instead_of_hanging_when_the_writer_runtime_is_gone() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (a, b) = first.block_on(async { StreamLink::unix_pair(Default::default()).unwrap() });
+    let (mut tx, _arx) = a.split();
+    let (_btx, mut brx) = b.split();
+    first.block_on(async {
+        actix_tether::links::send_bytes(&mut tx, b"before")
+            .await
+            .unwrap();
+        assert_eq!(brx.recv().await.unwrap().as_deref(), Some(&b"before"[..]));
+    });
+    // The writer task lived on `first`; dropping the runtime drops it.
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let r = tokio::time::timeout(GUARD, tx.reserve())
+            .await
+            .expect("deadlock guard: reserve hung on a dead writer");
+        assert!(matches!(r, Err(LinkError::Closed)), "{:?}", r.err());
+    });
+}

@@ -280,10 +280,27 @@ impl<W> Drop for StreamTx<W> {
     }
 }
 
+/// Wakes a waiting `reserve` when the writer task ends, however it ends (returned, failed,
+/// or dropped because its runtime shut down), so no sender waits forever on a dead writer.
+struct WriterExit(Arc<Shared>);
+
+impl Drop for WriterExit {
+    fn drop(&mut self) {
+        {
+            let mut st = self.0.lock();
+            if st.error.is_none() {
+                st.error = Some(LinkError::Closed);
+            }
+        }
+        self.0.space.notify_one();
+    }
+}
+
 async fn writer_task<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     mut w: W,
 ) -> Result<(), LinkError> {
+    let _exit = WriterExit(shared.clone());
     let mut unflushed = false;
     let result: Result<(), io::Error> = async {
         loop {
@@ -320,24 +337,13 @@ async fn writer_task<W: AsyncWrite + Unpin>(
         w.shutdown().await
     }
     .await;
-    let outcome = match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let e = LinkError::from(e);
-            let mut st = shared.lock();
-            st.error = Some(e.clone());
-            st.buf = BytesMut::new();
-            Err(e)
-        }
-    };
-    {
+    result.map_err(|e| {
+        let e = LinkError::from(e);
         let mut st = shared.lock();
-        if st.error.is_none() {
-            st.error = Some(LinkError::Closed);
-        }
-    }
-    shared.space.notify_one();
-    outcome
+        st.error = Some(e.clone());
+        st.buf = BytesMut::new();
+        e
+    })
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> LinkTx for StreamTx<W> {
