@@ -33,3 +33,8 @@ pub mod codec;
 pub mod endpoint;
 pub mod frame;
 pub mod links;
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
