@@ -149,6 +149,17 @@ impl Endpoint {
         }
     }
 
+    /// An invalid name is [`EndpointError::Invalid`]; anything else an I/O error of the
+    /// corresponding kind.
+    fn inproc_error(&self, op: &'static str, e: inproc::InprocError) -> EndpointError {
+        match e {
+            inproc::InprocError::InvalidName { input, reason } => {
+                EndpointError::Invalid { input, reason }
+            }
+            e => self.io_error(op, e.into()),
+        }
+    }
+
     fn host_port(host: &str, port: u16) -> String {
         if host.contains(':') {
             format!("[{host}]:{port}")
@@ -207,7 +218,7 @@ pub async fn connect_with(
         Endpoint::Inproc(name) => {
             let link = inproc::connect(name)
                 .await
-                .map_err(|e| endpoint.io_error(op, e.into()))?;
+                .map_err(|e| endpoint.inproc_error(op, e))?;
             Ok(link.into())
         }
     }
@@ -251,7 +262,9 @@ pub async fn listen_with(
             }
         }
         Endpoint::Inproc(name) => {
-            ListenerKind::Inproc(inproc::bind(name).map_err(|e| endpoint.io_error(op, e.into()))?)
+            let acceptor = inproc::bind(name).map_err(|e| endpoint.inproc_error(op, e))?;
+            // Names the canonical (bare) name even if the variant was built with a URL.
+            return Ok(Listener::from(acceptor));
         }
     };
     Ok(Listener {
@@ -261,16 +274,17 @@ pub async fn listen_with(
     })
 }
 
-/// Binds `inproc://name` with `config` and returns it as a [`Listener`], so that code
-/// written over [`Listener`] serves in-process clients too.
+/// Binds `name` (bare or `inproc://name`) with `config` and returns it as a [`Listener`], so
+/// that code written over [`Listener`] serves in-process clients too.
 pub fn listen_inproc(name: &str, config: InprocConfig) -> Result<Listener, EndpointError> {
+    // An invalid name becomes `EndpointError::Invalid`, whatever the endpoint.
     let endpoint = Endpoint::Inproc(name.to_string());
-    let acceptor = inproc::bind_with(name, config).map_err(|e| match e {
-        inproc::InprocError::InvalidName { input, reason } => {
-            EndpointError::Invalid { input, reason }
-        }
-        e => endpoint.io_error("listen on", e.into()),
-    })?;
+    let endpoint = match inproc::parse_name(name) {
+        Ok(bare) => Endpoint::Inproc(bare.to_string()),
+        Err(e) => return Err(endpoint.inproc_error("listen on", e)),
+    };
+    let acceptor =
+        inproc::bind_with(name, config).map_err(|e| endpoint.inproc_error("listen on", e))?;
     Ok(Listener::from(acceptor))
 }
 

@@ -570,3 +570,51 @@ fn works_across_threads_and_runtimes() {
     });
     client.join().unwrap();
 }
+
+#[tokio::test]
+async fn endpoint_listener_serves_inproc() {
+    let name = unique("listener");
+    let config = InprocConfig {
+        capacity: 2,
+        ..Default::default()
+    };
+    let listener = endpoint::listen_inproc(&format!("inproc://{name}"), config).unwrap();
+    let ep = listener.local_endpoint();
+    assert_eq!(ep, Endpoint::Inproc(name.clone()));
+    assert_eq!(ep.to_string(), format!("inproc://{name}"));
+    assert_eq!(Endpoint::parse(&ep.to_string()).unwrap(), ep);
+
+    let client = endpoint::connect(&ep).await.unwrap();
+    let server = guard("accept", listener.accept()).await.unwrap();
+    let (mut ctx, _crx) = client.split();
+    let (_stx, mut srx) = server.split();
+    send_bytes(&mut ctx, b"1").await.unwrap();
+    send_bytes(&mut ctx, b"2").await.unwrap();
+    assert!(
+        ctx.reserve().now_or_never().is_none(),
+        "the listener's capacity of 2 was not applied"
+    );
+    assert_eq!(recv(&mut srx).await.as_deref(), Some(&b"1"[..]));
+    assert!(ctx.reserve().now_or_never().is_some());
+
+    drop(listener);
+    assert!(!bound_names().contains(&name));
+
+    for bad in ["", "tcp://x:1", "a\tb"] {
+        let err = endpoint::listen_inproc(bad, Default::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, EndpointError::Invalid { .. }),
+            "{bad:?}: {err}"
+        );
+        let err = endpoint::listen(&Endpoint::Inproc(bad.to_string()))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, EndpointError::Invalid { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+}

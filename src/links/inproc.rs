@@ -225,7 +225,9 @@ pub struct ConnectOptions {
     /// the acceptor's backlog. `None` (the default) never waits: an unbound name is
     /// [`InprocError::NotFound`] and a full backlog [`InprocError::BacklogFull`]. `Some(t)`
     /// waits up to `t` and then fails with [`InprocError::TimedOut`]; a `t` too large to
-    /// add to the current time waits without limit.
+    /// add to the current time waits without limit. A finite wait uses tokio's timer, so it
+    /// must run inside a tokio runtime with the time driver enabled (as actix's runtime and
+    /// `#[tokio::main]` are).
     pub wait: Option<Duration>,
     /// Configuration of the new link's server → client direction.
     pub config: InprocConfig,
