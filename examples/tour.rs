@@ -80,7 +80,9 @@ async fn exchange(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("== actix-tether tour ==");
-    println!("-- 1. links over TCP and a Unix socket, typed messages both ways --");
+    println!(
+        "-- 1. links over TCP, a Unix socket and an in-process name, typed messages both ways --"
+    );
     exchange("tcp://127.0.0.1:0").await?;
     let dir = std::env::temp_dir().join(format!("tether-tour-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -88,6 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let result = exchange(&unix).await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
+    exchange("inproc://tour").await?;
     println!("== tour finished ==");
     Ok(())
 }

@@ -7,7 +7,7 @@
 //!
 //! * [`Postcard`] (default): compact varint format of the `postcard` crate (stable wire
 //!   format, version 1).
-//! * [`Bincode`] (feature `bincode`): the bincode 2 "standard" configuration (varint
+//! * `Bincode` (feature `bincode`): the bincode 2 "standard" configuration (varint
 //!   integers, little endian), for wire compatibility with bincode peers.
 //!
 //! ```
