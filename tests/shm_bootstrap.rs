@@ -301,8 +301,10 @@ async fn hub_closes_descriptors_sent_with_a_request() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_client_is_dropped_after_the_timeout() {
-    let mut cfg = BootstrapConfig::default();
-    cfg.request_timeout = Duration::from_secs(3);
+    let cfg = BootstrapConfig {
+        request_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
     let l = BootstrapListener::bind(sock_path("silent"), cfg).unwrap();
     let raw = raw_connect(l.path());
     let incoming = l.accept().await.unwrap();
@@ -324,8 +326,10 @@ async fn silent_client_is_dropped_after_the_timeout() {
 #[tokio::test(start_paused = true)]
 async fn guest_times_out_on_a_silent_hub() {
     let l = listener("mute");
-    let mut cfg = BootstrapConfig::default();
-    cfg.request_timeout = Duration::from_secs(2);
+    let cfg = BootstrapConfig {
+        request_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
     let path = l.path().to_path_buf();
     let guest = tokio::spawn(async move { join(&path, &req(1, 0), 1, &cfg).await });
     // The hub accepts and reads the request but never answers.
@@ -605,8 +609,10 @@ async fn guest_rejects_bad_responses_and_closes_descriptors() {
 #[tokio::test(flavor = "current_thread")]
 async fn joins_succeed_when_the_backlog_is_full() {
     tokio::time::timeout(GUARD, async {
-        let mut cfg = BootstrapConfig::default();
-        cfg.backlog = 1;
+        let cfg = BootstrapConfig {
+            backlog: 1,
+            ..Default::default()
+        };
         let l = BootstrapListener::bind(sock_path("backlog"), cfg).unwrap();
         const N: usize = 6;
         // All guests try to connect before the hub accepts anything (current-thread runtime:
@@ -664,8 +670,10 @@ async fn bind_checks() {
 
     let err = BootstrapListener::bind("", BootstrapConfig::default()).unwrap_err();
     assert!(matches!(err, BootstrapError::InvalidPath { .. }), "{err}");
-    let mut cfg = BootstrapConfig::default();
-    cfg.request_timeout = Duration::ZERO;
+    let cfg = BootstrapConfig {
+        request_timeout: Duration::ZERO,
+        ..Default::default()
+    };
     let err = BootstrapListener::bind(sock_path("zero"), cfg).unwrap_err();
     assert!(matches!(err, BootstrapError::InvalidConfig(_)), "{err}");
     let err = join(
