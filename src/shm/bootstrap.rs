@@ -422,7 +422,8 @@ pub struct Welcome {
 pub enum PeerGone {
     /// It sent a goodbye ([`BootstrapConn::goodbye`]): it left on purpose.
     Goodbye,
-    /// End of file without a goodbye: the process closed the socket or died.
+    /// End of file (or `ECONNRESET`: it died before reading what we sent) without a
+    /// goodbye: the process closed the socket or died.
     Eof,
     /// It sent something other than a goodbye (the protocol sends nothing else).
     Violation,
@@ -1147,6 +1148,8 @@ impl BootstrapConn {
             let res = guard.try_io(|fd| recv_msg(fd.as_raw_fd(), &mut buf, 0));
             let gone = match res {
                 Err(_would_block) => continue,
+                // A peer that dies with our datagrams unread resets the connection.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => PeerGone::Eof,
                 Ok(Err(e)) => PeerGone::Error(e.kind()),
                 Ok(Ok(r)) if r.len == 0 && !r.ctrunc => PeerGone::Eof,
                 Ok(Ok(r)) if is_goodbye(&r, &buf) => PeerGone::Goodbye,
