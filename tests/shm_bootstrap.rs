@@ -668,6 +668,14 @@ async fn bind_checks() {
     let l = BootstrapListener::bind(&path, BootstrapConfig::default()).unwrap();
     drop(l);
 
+    // A file that is not a socket is never removed.
+    let regular = sock_path("regular");
+    std::fs::write(&regular, b"precious").unwrap();
+    let err = BootstrapListener::bind(&regular, BootstrapConfig::default()).unwrap_err();
+    assert!(matches!(err, BootstrapError::Io { op: "bind", .. }), "{err}");
+    assert_eq!(std::fs::read(&regular).unwrap(), b"precious");
+    std::fs::remove_file(&regular).unwrap();
+
     let err = BootstrapListener::bind("", BootstrapConfig::default()).unwrap_err();
     assert!(matches!(err, BootstrapError::InvalidPath { .. }), "{err}");
     let cfg = BootstrapConfig {

@@ -231,6 +231,12 @@ pub enum BootstrapError {
         /// The configured wait.
         after: Duration,
     },
+    /// Hub: the response could not be sent within the configured time.
+    #[error("could not send the response within {after:?}")]
+    SendTimeout {
+        /// The configured wait.
+        after: Duration,
+    },
     /// The other side closed the connection before its message arrived.
     #[error("connection closed before the {what} arrived")]
     Closed {
@@ -805,6 +811,12 @@ impl BootstrapListener {
         }
         let (addr, len) = sockaddr_un(path)?;
         let fd = seqpacket_socket().map_err(io_err("socket"))?;
+        // Linux creates the socket file with the socket inode's mode (minus the umask):
+        // restricting it before bind leaves no window in which others may connect. Best
+        // effort; the exact mode is set after bind.
+        // SAFETY: fchmod takes no pointers; `fd` is an open socket.
+        let _ =
+            unsafe { libc::fchmod(fd.as_raw_fd(), (config.socket_mode & 0o777) as libc::mode_t) };
         let bind = || {
             // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is an open socket.
             cvt(unsafe {
@@ -817,7 +829,7 @@ impl BootstrapListener {
         };
         match bind() {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_stale(&addr, len) => {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_stale(path, &addr, len) => {
                 std::fs::remove_file(path).map_err(io_err("remove stale socket"))?;
                 bind().map_err(io_err("bind"))?;
             }
@@ -856,7 +868,9 @@ impl BootstrapListener {
     /// Accepts the next connection (`accept4`, non-blocking, close-on-exec). Reads nothing:
     /// call [`Incoming::read_request`] (typically in a task of its own, so that a silent
     /// client does not hold up the accept loop). Cancel-safe; `&self`, so several tasks may
-    /// accept concurrently. The listener stays usable after any error.
+    /// accept concurrently. The listener stays usable after any error; after `EMFILE` /
+    /// `ENFILE` (descriptor limit) the pending connection stays queued, so a caller looping
+    /// on `accept` should back off before retrying.
     pub async fn accept(&self) -> Result<Incoming, BootstrapError> {
         let fd = loop {
             let mut guard = self.fd.readable().await.map_err(io_err("accept"))?;
@@ -913,8 +927,14 @@ impl Drop for UnlinkIfOurs {
     }
 }
 
-/// Whether nothing listens at `addr` (a non-blocking connect is refused).
-fn is_stale(addr: &libc::sockaddr_un, len: libc::socklen_t) -> bool {
+/// Whether `addr` names a socket file nothing listens on (a non-blocking connect is
+/// refused). Files of other types are never stale: they are not ours to remove.
+fn is_stale(path: &Path, addr: &libc::sockaddr_un, len: libc::socklen_t) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {}
+        _ => return false,
+    }
     let Ok(probe) = seqpacket_socket() else {
         return false;
     };
@@ -1039,6 +1059,7 @@ impl Incoming {
                 layout_version: req.layout_version.get(),
                 token: req.token.get(),
             },
+            timeout: after,
         })
     }
 }
@@ -1051,6 +1072,7 @@ pub struct Joining {
     fd: AsyncFd<OwnedFd>,
     cred: PeerCred,
     request: JoinRequest,
+    timeout: Duration,
 }
 
 impl Joining {
@@ -1079,9 +1101,7 @@ impl Joining {
             });
         }
         let resp = response_bytes(0, fds.len(), welcome, 0);
-        send_async(&self.fd, resp.as_bytes(), fds)
-            .await
-            .map_err(io_err("sendmsg"))?;
+        self.send(resp.as_bytes(), fds).await?;
         Ok(BootstrapConn {
             fd: self.fd,
             cred: self.cred,
@@ -1096,8 +1116,16 @@ impl Joining {
             return Err(BootstrapError::InvalidConfig("refusal code 0 is a welcome"));
         }
         let resp = response_bytes(reason.code(), 0, Welcome::default(), detail);
-        send_async(&self.fd, resp.as_bytes(), &[])
+        self.send(resp.as_bytes(), &[]).await
+    }
+
+    /// Sends the response, bounded by the request timeout (a fresh connection always has
+    /// room, so the bound only matters against a misbehaving kernel or peer).
+    async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), BootstrapError> {
+        let after = self.timeout;
+        tokio::time::timeout(after, send_async(&self.fd, bytes, fds))
             .await
+            .map_err(|_| BootstrapError::SendTimeout { after })?
             .map_err(io_err("sendmsg"))
     }
 }
