@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix_tether::shm::bootstrap::{
     join, BootstrapConfig, BootstrapConn, BootstrapError, BootstrapListener, JoinRequest, PeerGone,
-    RefuseReason, Welcome, MAX_FDS, PROTOCOL_VERSION, REQUEST_LEN, RESPONSE_LEN,
+    RefuseReason, UidCheck, Welcome, MAX_FDS, PROTOCOL_VERSION, REQUEST_LEN, RESPONSE_LEN,
 };
 use actix_tether::shm::peers::{DisconnectReason, PeerTable};
 use shm_common::*;
@@ -672,7 +672,10 @@ async fn bind_checks() {
     let regular = sock_path("regular");
     std::fs::write(&regular, b"precious").unwrap();
     let err = BootstrapListener::bind(&regular, BootstrapConfig::default()).unwrap_err();
-    assert!(matches!(err, BootstrapError::Io { op: "bind", .. }), "{err}");
+    assert!(
+        matches!(err, BootstrapError::Io { op: "bind", .. }),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&regular).unwrap(), b"precious");
     std::fs::remove_file(&regular).unwrap();
 
@@ -696,4 +699,64 @@ async fn bind_checks() {
         matches!(err, BootstrapError::Io { op: "connect", .. }),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn peer_uid_is_checked_on_both_sides() {
+    use std::os::unix::fs::MetadataExt;
+    tokio::time::timeout(GUARD, async {
+        // Real SO_PEERCRED credentials against a uid this process does not run under.
+        let hub_cfg = BootstrapConfig {
+            peer_uid: UidCheck::Only(u32::MAX - 7),
+            ..Default::default()
+        };
+        let l = BootstrapListener::bind(sock_path("uid"), hub_cfg).unwrap();
+        let my_uid = std::fs::metadata(l.path()).unwrap().uid();
+        let path = l.path().to_path_buf();
+        let guest =
+            tokio::spawn(async move { join(&path, &req(1, 0), 0, &BootstrapConfig::default()).await });
+        let err = l.accept().await.unwrap().read_request().await.unwrap_err();
+        assert!(
+            matches!(err, BootstrapError::PeerUid { expected, found } if expected == u32::MAX - 7 && found == my_uid),
+            "{err}"
+        );
+        let err = guest.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, BootstrapError::Refused { reason: RefuseReason::PermissionDenied, .. }),
+            "{err}"
+        );
+
+        // The guest checks the hub the same way.
+        let l = listener("uid2");
+        let guest_cfg = BootstrapConfig {
+            peer_uid: UidCheck::Only(u32::MAX - 7),
+            ..Default::default()
+        };
+        let err = join(l.path(), &req(1, 0), 0, &guest_cfg).await.unwrap_err();
+        assert!(matches!(err, BootstrapError::PeerUid { .. }), "{err}");
+        // With the check off, or set to our own uid, it passes.
+        for check in [UidCheck::Any, UidCheck::Only(my_uid), UidCheck::Same] {
+            let cfg = BootstrapConfig {
+                peer_uid: check,
+                ..Default::default()
+            };
+            let path = l.path().to_path_buf();
+            let guest = tokio::spawn(async move { join(&path, &req(1, 0), 0, &cfg).await });
+            // The rejected guest above left a pending connection on the first round.
+            loop {
+                let incoming = l.accept().await.unwrap();
+                match incoming.read_request().await {
+                    Ok(j) => {
+                        let _conn = j.welcome(Welcome::default(), &[]).await.unwrap();
+                        guest.await.unwrap().unwrap();
+                        break;
+                    }
+                    Err(BootstrapError::Closed { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    })
+    .await
+    .expect("deadlock guard");
 }

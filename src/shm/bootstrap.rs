@@ -6,8 +6,8 @@
 //!
 //! ```text
 //!   guest                                   hub (BootstrapListener)
-//!     |  connect(path)  ------------------>  accept4 → Incoming      (SO_PEERCRED uid check)
-//!     |  JoinRequest (24 B)  ------------->  Incoming::read_request → Joining
+//!     |  connect(path)  ------------------>  accept4 → Incoming      (SO_PEERCRED taken)
+//!     |  JoinRequest (24 B)  ------------->  Incoming::read_request → Joining (uid checked)
 //!     |                                      (bounded wait: BootstrapConfig::request_timeout)
 //!     |  <------------  Response (40 B) + SCM_RIGHTS [fd; n]   Joining::welcome → BootstrapConn
 //!     |  <------------  Response (40 B), status = refusal       Joining::refuse
@@ -165,9 +165,9 @@ pub struct BootstrapConfig {
     /// (connect, request, response; [`BootstrapError::ResponseTimeout`]). Default 5 s; must
     /// be non-zero.
     pub request_timeout: Duration,
-    /// Check with `SO_PEERCRED` that the other side runs under this process's effective uid
-    /// (the hub checks the guest, the guest checks the hub). Default `true`.
-    pub check_peer_uid: bool,
+    /// Which uid the other side must run under, checked with `SO_PEERCRED` (the hub checks
+    /// the guest, the guest checks the hub). Default [`UidCheck::Same`].
+    pub peer_uid: UidCheck,
     /// Listen backlog of the hub socket (pending, not yet accepted connections). Default
     /// 128, clamped to `1..=65535`.
     pub backlog: u32,
@@ -180,11 +180,23 @@ impl Default for BootstrapConfig {
     fn default() -> Self {
         BootstrapConfig {
             request_timeout: Duration::from_secs(5),
-            check_peer_uid: true,
+            peer_uid: UidCheck::Same,
             backlog: 128,
             socket_mode: 0o600,
         }
     }
+}
+
+/// The `SO_PEERCRED` uid check of [`BootstrapConfig::peer_uid`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UidCheck {
+    /// No check (the socket file's mode still decides who may connect).
+    Any,
+    /// The other side must run under this process's effective uid.
+    #[default]
+    Same,
+    /// The other side must run under exactly this uid.
+    Only(u32),
 }
 
 /// Errors of the hub bootstrap (both sides).
@@ -211,10 +223,10 @@ pub enum BootstrapError {
     /// A configuration value is out of its documented bounds.
     #[error("invalid bootstrap configuration: {0}")]
     InvalidConfig(&'static str),
-    /// The peer runs under another uid and [`BootstrapConfig::check_peer_uid`] is on.
+    /// The peer runs under a uid that [`BootstrapConfig::peer_uid`] does not allow.
     #[error("peer runs as uid {found}, expected uid {expected}")]
     PeerUid {
-        /// Our effective uid.
+        /// The uid required.
         expected: u32,
         /// The peer's uid (`SO_PEERCRED`).
         found: u32,
@@ -333,7 +345,7 @@ pub enum RefuseReason {
     UnsupportedVersion,
     /// The request has the wrong size, reserved bits set or ancillary data (code 3).
     Malformed,
-    /// The guest runs under a uid the hub does not accept (code 4; `detail` = the hub's uid).
+    /// The guest runs under a uid the hub does not accept (code 4).
     PermissionDenied,
     /// The guest's shared-memory layout version is not supported (code 5; `detail` = the
     /// hub's layout version).
@@ -532,8 +544,12 @@ fn euid() -> u32 {
 }
 
 fn check_uid(config: &BootstrapConfig, cred: &PeerCred) -> Result<(), BootstrapError> {
-    let expected = euid();
-    if config.check_peer_uid && cred.uid != expected {
+    let expected = match config.peer_uid {
+        UidCheck::Any => return Ok(()),
+        UidCheck::Same => euid(),
+        UidCheck::Only(uid) => uid,
+    };
+    if cred.uid != expected {
         return Err(BootstrapError::PeerUid {
             expected,
             found: cred.uid,
@@ -983,17 +999,13 @@ impl Incoming {
         self.cred
     }
 
-    /// Checks the peer's uid (if configured), then waits at most
-    /// [`BootstrapConfig::request_timeout`] for the join request and validates it.
+    /// Waits at most [`BootstrapConfig::request_timeout`] for the join request, then checks
+    /// the peer's uid ([`BootstrapConfig::peer_uid`]) and validates the request.
     ///
     /// On error the connection is dropped; before that, a uid mismatch, a malformed request
     /// and an unsupported version are answered with a refusal response (an unknown magic
     /// gets no answer). Any descriptors sent with the request are closed.
     pub async fn read_request(self) -> Result<Joining, BootstrapError> {
-        if let Err(e) = check_uid(&self.config, &self.cred) {
-            refuse_now(&self.fd, RefuseReason::PermissionDenied, euid());
-            return Err(e);
-        }
         let after = self.config.request_timeout;
         let mut buf = [0u8; REQUEST_LEN];
         let received = tokio::time::timeout(after, recv_async(&self.fd, &mut buf, 0))
@@ -1007,6 +1019,12 @@ impl Incoming {
         };
         if received.len == 0 && !received.ctrunc {
             return Err(BootstrapError::Closed { what });
+        }
+        // Checked after the request is read: closing a connection with unread data would
+        // reset it, and the guest would see ECONNRESET instead of the refusal.
+        if let Err(e) = check_uid(&self.config, &self.cred) {
+            refuse_now(&self.fd, RefuseReason::PermissionDenied, 0);
+            return Err(e);
         }
         if received.ctrunc || received.foreign_cmsg || !received.fds.is_empty() {
             return malformed(BootstrapError::UnexpectedAncillary {
@@ -1291,15 +1309,29 @@ async fn join_inner(
         layout_version: request.layout_version.into(),
         token: request.token.into(),
     };
-    send_async(&fd, req.as_bytes(), &[])
-        .await
-        .map_err(io_err("sendmsg"))?;
+    match send_async(&fd, req.as_bytes(), &[]).await {
+        Ok(()) => {}
+        // The hub may refuse before reading the request (uid check) and hang up; its
+        // refusal is still queued for us, so read it rather than report a broken pipe.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {}
+        Err(e) => {
+            return Err(BootstrapError::Io {
+                op: "sendmsg",
+                source: e,
+            })
+        }
+    }
     let mut buf = [0u8; RESPONSE_LEN];
     // Room for MAX_FDS descriptors, so that a wrong count is reported exactly; more than that
     // sets MSG_CTRUNC (the kernel closes the rest).
-    let received = recv_async(&fd, &mut buf, MAX_FDS)
-        .await
-        .map_err(io_err("recvmsg"))?;
+    let received = match recv_async(&fd, &mut buf, MAX_FDS).await {
+        // A reset is reported once, before data still queued (the hub's answer): read again.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+            recv_async(&fd, &mut buf, MAX_FDS).await
+        }
+        other => other,
+    }
+    .map_err(io_err("recvmsg"))?;
     let resp = validate_response(&received, &buf, expected_fds)?;
     Ok(Joined {
         welcome: resp,
