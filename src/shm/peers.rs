@@ -203,7 +203,7 @@ impl PeerTable {
 
     /// The joining guest is attached: `Reserved → Active`.
     pub fn activate(&mut self, handle: PeerHandle, pid: u32, conn: u64) -> Result<(), PeerError> {
-        let s = self.slot_mut(handle, "activate")?;
+        let s = self.slot_mut(handle)?;
         match s.state {
             SlotState::Reserved => {
                 s.state = SlotState::Active { pid, conn };
@@ -215,7 +215,7 @@ impl PeerTable {
 
     /// The join failed before anything was shared: `Reserved → Free` at once.
     pub fn cancel(&mut self, handle: PeerHandle) -> Result<(), PeerError> {
-        let s = self.slot_mut(handle, "cancel")?;
+        let s = self.slot_mut(handle)?;
         match s.state {
             SlotState::Reserved => {
                 s.state = SlotState::Free;
@@ -233,7 +233,7 @@ impl PeerTable {
         handle: PeerHandle,
         reason: DisconnectReason,
     ) -> Result<(), PeerError> {
-        let s = self.slot_mut(handle, "disconnect")?;
+        let s = self.slot_mut(handle)?;
         match s.state {
             SlotState::Reserved | SlotState::Active { .. } => {
                 s.state = SlotState::Draining { reason };
@@ -246,7 +246,7 @@ impl PeerTable {
     /// Every buffer the hub application held from this guest's shared memory is released
     /// and the shared state is reset: `Draining → Free`. The handle is stale from now on.
     pub fn on_buffers_released(&mut self, handle: PeerHandle) -> Result<(), PeerError> {
-        let s = self.slot_mut(handle, "release")?;
+        let s = self.slot_mut(handle)?;
         match s.state {
             SlotState::Draining { .. } => {
                 s.state = SlotState::Free;
@@ -284,7 +284,7 @@ impl PeerTable {
         (0..self.slots.len() as u32).filter_map(|slot| self.get(slot))
     }
 
-    fn slot_mut(&mut self, handle: PeerHandle, _op: &'static str) -> Result<&mut Slot, PeerError> {
+    fn slot_mut(&mut self, handle: PeerHandle) -> Result<&mut Slot, PeerError> {
         match self.slots.get_mut(handle.slot as usize) {
             Some(s) if s.generation == handle.generation && s.state != SlotState::Free => Ok(s),
             _ => Err(PeerError::Stale { handle }),
