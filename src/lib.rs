@@ -34,6 +34,8 @@ pub mod codec;
 pub mod endpoint;
 pub mod frame;
 pub mod links;
+#[cfg(unix)]
+pub mod shm;
 
 /// The README's examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]
