@@ -94,9 +94,10 @@ impl<M> std::error::Error for WriteError<M> {
 /// The writer first tries to reserve room on the link without waiting. If the link is full
 /// it waits for room **with the mailbox paused** (`ctx.wait`), so no further message is
 /// taken while `reserve` is pending. The mailbox is small
-/// ([`ActorConfig::writer_mailbox`](super::ActorConfig::writer_mailbox), default 16), so a producer using `addr.send(..).await` waits, and `addr.try_send(..)`
-/// fails with `SendError::Full` handing the message back. Memory held by a writer is thus
-/// bounded by the mailbox plus the link's own bound (for stream links about
+/// ([`ActorConfig::writer_mailbox`](super::ActorConfig::writer_mailbox), default 16), so a
+/// producer using `addr.send(..).await` waits, and `addr.try_send(..)` fails with
+/// `SendError::Full` handing the message back. Memory held by a writer is thus bounded by
+/// the mailbox plus the link's own bound (for stream links about
 /// `2 × (write_buffer + max_frame_len)`).
 ///
 /// `do_send` bypasses actix's mailbox capacity: do not use it on a path that must be
