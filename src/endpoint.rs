@@ -1,17 +1,34 @@
-//! Endpoint addresses (`tcp://host:port`, `unix:///path`) and the `connect` / `listen`
-//! functions that turn them into links.
+//! Endpoint addresses (`tcp://host:port`, `unix:///path`, `inproc://name`) and the
+//! `connect` / `listen` functions that turn them into links.
 //!
 //! ```
 //! use actix_tether::endpoint::Endpoint;
 //!
 //! let ep: Endpoint = "tcp://127.0.0.1:7000".parse().unwrap();
 //! assert_eq!(ep.to_string(), "tcp://127.0.0.1:7000");
+//! assert_eq!(Endpoint::parse("inproc://jobs").unwrap(), Endpoint::Inproc("jobs".into()));
 //! assert!(Endpoint::parse("tcp://127.0.0.1").is_err()); // no port
+//! assert!(Endpoint::parse("inproc://").is_err()); // no name
 //! assert!(Endpoint::parse("carrier-pigeon://home").is_err());
 //! ```
 //!
+//! Accepted forms:
+//!
+//! * `tcp://host:port` — a host name or IP literal (IPv6 in brackets: `tcp://[::1]:80`) and
+//!   a port from 0 to 65535.
+//! * `unix:///absolute/path` or `unix://relative/path` — a Unix stream socket.
+//! * `inproc://name` — an in-process endpoint of this process (see
+//!   [`crate::links::inproc`] for the name rules: 1 to 256 bytes, no control characters, no
+//!   `://`). [`connect`] to an unbound name fails at once with
+//!   [`io::ErrorKind::NotFound`]; use [`inproc::connect_with`] to wait for it to be bound.
+//!   Listening on a bound name fails with [`io::ErrorKind::AddrInUse`]; the name is unbound
+//!   when the [`Listener`] is dropped.
+//!
 //! Only schemes whose transport exists are accepted; every malformed input is an
-//! [`EndpointError`] that names the input and what is wrong with it.
+//! [`EndpointError`] that names the input and what is wrong with it. Failures to connect,
+//! listen or accept are [`EndpointError::Io`] with an [`io::Error`] whose
+//! [kind](io::Error::kind) is the same for every transport (an `inproc://` error keeps its
+//! [`InprocError`](inproc::InprocError) as the source).
 
 use std::fmt;
 use std::io;
@@ -19,8 +36,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::links::inproc::{self, InprocAcceptor, InprocConfig};
 use crate::links::stream::{StreamConfig, StreamLink};
 use crate::links::AnyLink;
+
+const EXPECTED_SCHEMES: &str = "missing scheme (expected tcp://, unix:// or inproc://)";
+const UNKNOWN_SCHEME: &str = "unknown scheme (expected tcp://, unix:// or inproc://)";
 
 /// Errors of the endpoint layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +81,8 @@ pub enum Endpoint {
     },
     /// `unix:///absolute/path` or `unix://relative/path` — a Unix stream socket path.
     Unix(PathBuf),
+    /// `inproc://name` — an in-process endpoint; the name without the scheme.
+    Inproc(String),
 }
 
 impl Endpoint {
@@ -71,7 +94,7 @@ impl Endpoint {
         };
         let (scheme, rest) = input
             .split_once("://")
-            .ok_or_else(|| invalid("missing scheme (expected tcp:// or unix://)"))?;
+            .ok_or_else(|| invalid(EXPECTED_SCHEMES))?;
         if rest.chars().any(|c| c.is_control()) {
             return Err(invalid("control characters are not allowed"));
         }
@@ -110,7 +133,11 @@ impl Endpoint {
                 }
                 Ok(Endpoint::Unix(PathBuf::from(rest)))
             }
-            _ => Err(invalid("unknown scheme (expected tcp:// or unix://)")),
+            "inproc" => {
+                inproc::check_name(rest).map_err(invalid)?;
+                Ok(Endpoint::Inproc(rest.to_string()))
+            }
+            _ => Err(invalid(UNKNOWN_SCHEME)),
         }
     }
 
@@ -119,6 +146,17 @@ impl Endpoint {
             op,
             endpoint: self.clone(),
             source: Arc::new(e),
+        }
+    }
+
+    /// An invalid name is [`EndpointError::Invalid`]; anything else an I/O error of the
+    /// corresponding kind.
+    fn inproc_error(&self, op: &'static str, e: inproc::InprocError) -> EndpointError {
+        match e {
+            inproc::InprocError::InvalidName { input, reason } => {
+                EndpointError::Invalid { input, reason }
+            }
+            e => self.io_error(op, e.into()),
         }
     }
 
@@ -136,6 +174,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp { host, port } => write!(f, "tcp://{}", Endpoint::host_port(host, *port)),
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+            Endpoint::Inproc(name) => write!(f, "inproc://{name}"),
         }
     }
 }
@@ -148,12 +187,15 @@ impl FromStr for Endpoint {
     }
 }
 
-/// Connects to `endpoint` with the default [`StreamConfig`].
+/// Connects to `endpoint` with the default [`StreamConfig`] (for `inproc://`, the default
+/// [`InprocConfig`], without waiting for the name to be bound).
 pub async fn connect(endpoint: &Endpoint) -> Result<AnyLink, EndpointError> {
     connect_with(endpoint, StreamConfig::default()).await
 }
 
-/// Connects to `endpoint`. TCP links have `TCP_NODELAY` on.
+/// Connects to `endpoint`. TCP links have `TCP_NODELAY` on. `config` applies to stream
+/// transports; `inproc://` links use the default [`InprocConfig`] (use
+/// [`inproc::connect_with`] for another).
 pub async fn connect_with(
     endpoint: &Endpoint,
     config: StreamConfig,
@@ -173,6 +215,12 @@ pub async fn connect_with(
                 .map_err(|e| endpoint.io_error(op, e))?;
             Ok(StreamLink::unix(stream, config).into())
         }
+        Endpoint::Inproc(name) => {
+            let link = inproc::connect(name)
+                .await
+                .map_err(|e| endpoint.inproc_error(op, e))?;
+            Ok(link.into())
+        }
     }
 }
 
@@ -185,7 +233,8 @@ pub async fn listen(endpoint: &Endpoint) -> Result<Listener, EndpointError> {
     listen_with(endpoint, StreamConfig::default()).await
 }
 
-/// Starts listening on `endpoint`; accepted links use `config`.
+/// Starts listening on `endpoint`; accepted links use `config` (stream transports) or the
+/// default [`InprocConfig`] (`inproc://`; use [`listen_inproc`] for another).
 pub async fn listen_with(
     endpoint: &Endpoint,
     config: StreamConfig,
@@ -212,12 +261,41 @@ pub async fn listen_with(
                 _unlink: UnlinkOnDrop(path.clone()),
             }
         }
+        Endpoint::Inproc(name) => {
+            let acceptor = inproc::bind(name).map_err(|e| endpoint.inproc_error(op, e))?;
+            // Names the canonical (bare) name even if the variant was built with a URL.
+            return Ok(Listener::from(acceptor));
+        }
     };
     Ok(Listener {
         kind,
         endpoint: endpoint.clone(),
         config,
     })
+}
+
+/// Binds `name` (bare or `inproc://name`) with `config` and returns it as a [`Listener`], so
+/// that code written over [`Listener`] serves in-process clients too.
+pub fn listen_inproc(name: &str, config: InprocConfig) -> Result<Listener, EndpointError> {
+    // An invalid name becomes `EndpointError::Invalid`, whatever the endpoint.
+    let endpoint = Endpoint::Inproc(name.to_string());
+    let endpoint = match inproc::parse_name(name) {
+        Ok(bare) => Endpoint::Inproc(bare.to_string()),
+        Err(e) => return Err(endpoint.inproc_error("listen on", e)),
+    };
+    let acceptor =
+        inproc::bind_with(name, config).map_err(|e| endpoint.inproc_error("listen on", e))?;
+    Ok(Listener::from(acceptor))
+}
+
+impl From<InprocAcceptor> for Listener {
+    fn from(acceptor: InprocAcceptor) -> Listener {
+        Listener {
+            endpoint: Endpoint::Inproc(acceptor.name().to_string()),
+            kind: ListenerKind::Inproc(acceptor),
+            config: StreamConfig::default(),
+        }
+    }
 }
 
 async fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
@@ -250,9 +328,11 @@ enum ListenerKind {
         listener: tokio::net::UnixListener,
         _unlink: UnlinkOnDrop,
     },
+    Inproc(InprocAcceptor),
 }
 
-/// A listening endpoint that accepts links.
+/// A listening endpoint that accepts links: a TCP or Unix listener, or a bound
+/// [`InprocAcceptor`].
 pub struct Listener {
     kind: ListenerKind,
     endpoint: Endpoint,
@@ -264,7 +344,7 @@ impl Listener {
     pub fn local_endpoint(&self) -> Endpoint {
         match &self.kind {
             ListenerKind::Tcp(_, local) => local.clone(),
-            ListenerKind::Unix { .. } => self.endpoint.clone(),
+            ListenerKind::Unix { .. } | ListenerKind::Inproc(_) => self.endpoint.clone(),
         }
     }
 
@@ -273,15 +353,22 @@ impl Listener {
         let op = "accept on";
         match &self.kind {
             ListenerKind::Tcp(l, _) => {
-                let (s, _) = l.accept().await.map_err(|e| self.endpoint.io_error(op, e))?;
+                let (s, _) = l
+                    .accept()
+                    .await
+                    .map_err(|e| self.endpoint.io_error(op, e))?;
                 let link = StreamLink::tcp(s, self.config.clone())
                     .map_err(|e| self.endpoint.io_error(op, e))?;
                 Ok(link.into())
             }
             ListenerKind::Unix { listener: l, .. } => {
-                let (s, _) = l.accept().await.map_err(|e| self.endpoint.io_error(op, e))?;
+                let (s, _) = l
+                    .accept()
+                    .await
+                    .map_err(|e| self.endpoint.io_error(op, e))?;
                 Ok(StreamLink::unix(s, self.config.clone()).into())
             }
+            ListenerKind::Inproc(acceptor) => Ok(acceptor.accept().await.into()),
         }
     }
 }
@@ -298,6 +385,8 @@ mod tests {
             "tcp://[::1]:80",
             "unix:///run/x.sock",
             "unix://rel/x.sock",
+            "inproc://jobs",
+            "inproc://svc/a b",
         ] {
             assert_eq!(Endpoint::parse(s).unwrap().to_string(), s);
         }
@@ -326,9 +415,21 @@ mod tests {
             "unix://",
             "unix:///a\nb",
             "http://x:80",
+            "inproc://",
+            "inproc://a\u{7}b",
+            "inproc://a://b",
+            "inproc:/x",
         ] {
             let err = Endpoint::parse(s).unwrap_err();
             assert!(matches!(err, EndpointError::Invalid { .. }), "{s}: {err}");
         }
+        let long = format!("inproc://{}", "n".repeat(257));
+        assert!(matches!(
+            Endpoint::parse(&long),
+            Err(EndpointError::Invalid { .. })
+        ));
+        assert!(Endpoint::parse(&long[..long.len() - 1]).is_ok());
+        let err = Endpoint::parse("ipc://x").unwrap_err().to_string();
+        assert!(err.contains("inproc://"), "{err}");
     }
 }

@@ -1,15 +1,16 @@
 //! # actix-tether
 //!
 //! A transport layer for [actix](https://docs.rs/actix) applications: reliable, ordered,
-//! message-framed **links** over TCP, Unix sockets and any byte stream, typed messages
-//! through a serde [codec], and (with the `actors` feature) actix actors on top.
+//! message-framed **links** over TCP, Unix sockets, any byte stream and in-process named
+//! endpoints, typed messages through a serde [codec], and (with the `actors` feature) actix
+//! actors on top.
 //!
 //! Layers, bottom up (see `ARCHITECTURE.md`):
 //!
 //! * [`frame`] — `[len: u32 LE][payload]` framing (plain library).
 //! * [`codec`] — serde values into link messages (postcard; bincode 2 with `bincode`).
 //! * [`links`] — the [`Link`](links::Link) contract and its transports.
-//! * [`endpoint`] — `tcp://` and `unix://` addresses, `connect` and `listen`.
+//! * [`endpoint`] — `tcp://`, `unix://` and `inproc://` addresses, `connect` and `listen`.
 //! * `actors` (feature `actors`, default) — actix actors over links: `LinkWriter`,
 //!   `LinkReader`, `Acceptor`, link events.
 //!

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use super::inproc::{InprocLink, InprocPermit, InprocRx, InprocSlot, InprocTx};
 use super::stream::{BoxRead, BoxWrite, StreamLink, StreamPermit, StreamRx, StreamSlot, StreamTx};
 use super::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
 
@@ -13,6 +14,8 @@ use super::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
 pub enum AnyLink {
     /// A framed byte stream (TCP, Unix socket, stdio, in-memory pipe).
     Stream(StreamLink<BoxRead, BoxWrite>),
+    /// An in-process link (`inproc://name`).
+    Inproc(InprocLink),
 }
 
 /// Sending half of an [`AnyLink`].
@@ -20,6 +23,8 @@ pub enum AnyLink {
 pub enum AnyTx {
     /// See [`AnyLink::Stream`].
     Stream(StreamTx<BoxWrite>),
+    /// See [`AnyLink::Inproc`].
+    Inproc(InprocTx),
 }
 
 /// Receiving half of an [`AnyLink`].
@@ -27,6 +32,8 @@ pub enum AnyTx {
 pub enum AnyRx {
     /// See [`AnyLink::Stream`].
     Stream(StreamRx<BoxRead>),
+    /// See [`AnyLink::Inproc`].
+    Inproc(InprocRx),
 }
 
 /// Permit of an [`AnyTx`].
@@ -34,6 +41,8 @@ pub enum AnyRx {
 pub enum AnyPermit<'a> {
     /// See [`AnyLink::Stream`].
     Stream(StreamPermit<'a>),
+    /// See [`AnyLink::Inproc`].
+    Inproc(InprocPermit<'a>),
 }
 
 /// Write slot of an [`AnyTx`].
@@ -41,6 +50,8 @@ pub enum AnyPermit<'a> {
 pub enum AnySlot<'a> {
     /// See [`AnyLink::Stream`].
     Stream(StreamSlot<'a>),
+    /// See [`AnyLink::Inproc`].
+    Inproc(InprocSlot<'a>),
 }
 
 impl<R, W> From<StreamLink<R, W>> for AnyLink
@@ -50,6 +61,12 @@ where
 {
     fn from(link: StreamLink<R, W>) -> Self {
         AnyLink::Stream(link.boxed())
+    }
+}
+
+impl From<InprocLink> for AnyLink {
+    fn from(link: InprocLink) -> Self {
+        AnyLink::Inproc(link)
     }
 }
 
@@ -63,6 +80,10 @@ impl Link for AnyLink {
                 let (t, r) = l.split();
                 (AnyTx::Stream(t), AnyRx::Stream(r))
             }
+            AnyLink::Inproc(l) => {
+                let (t, r) = l.split();
+                (AnyTx::Inproc(t), AnyRx::Inproc(r))
+            }
         }
     }
 }
@@ -73,12 +94,14 @@ impl LinkTx for AnyTx {
     async fn reserve(&mut self) -> Result<AnyPermit<'_>, LinkError> {
         match self {
             AnyTx::Stream(t) => t.reserve().await.map(AnyPermit::Stream),
+            AnyTx::Inproc(t) => t.reserve().await.map(AnyPermit::Inproc),
         }
     }
 
     async fn close(self) -> Result<(), LinkError> {
         match self {
             AnyTx::Stream(t) => t.close().await,
+            AnyTx::Inproc(t) => t.close().await,
         }
     }
 }
@@ -89,6 +112,7 @@ impl<'a> Permit for AnyPermit<'a> {
     fn alloc(self, len: usize) -> Result<AnySlot<'a>, LinkError> {
         match self {
             AnyPermit::Stream(p) => p.alloc(len).map(AnySlot::Stream),
+            AnyPermit::Inproc(p) => p.alloc(len).map(AnySlot::Inproc),
         }
     }
 }
@@ -97,12 +121,14 @@ impl WriteSlot for AnySlot<'_> {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         match self {
             AnySlot::Stream(s) => s.as_mut_slice(),
+            AnySlot::Inproc(s) => s.as_mut_slice(),
         }
     }
 
     fn commit(self) {
         match self {
             AnySlot::Stream(s) => s.commit(),
+            AnySlot::Inproc(s) => s.commit(),
         }
     }
 }
@@ -111,6 +137,7 @@ impl LinkRx for AnyRx {
     async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
         match self {
             AnyRx::Stream(r) => r.recv().await,
+            AnyRx::Inproc(r) => r.recv().await,
         }
     }
 }

@@ -48,6 +48,8 @@
 //!
 //! * [`stream`] — any `AsyncRead + AsyncWrite` byte stream (TCP, Unix sockets, stdio, an
 //!   in-memory duplex) with `[len: u32 LE][payload]` framing.
+//! * [`inproc`] — in-process endpoints addressed by name (`inproc://name`): bounded queues
+//!   of zero-copy messages between threads, runtimes and actix Arbiters of one process.
 //! * [`AnyLink`] — a link of any transport, as returned by [`crate::endpoint::connect`].
 
 use std::future::Future;
@@ -57,6 +59,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 mod any;
+pub mod inproc;
 pub mod stream;
 
 pub use any::{AnyLink, AnyPermit, AnyRx, AnySlot, AnyTx};
