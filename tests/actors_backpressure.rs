@@ -1,6 +1,6 @@
 //! A peer that never reads: the writer's memory stays bounded and senders see
 //! backpressure (`send().await` stops completing, `try_send` fails handing the message
-//! back); once the peer reads, everything committed arrives in order.
+//! back); once the peer reads, everything committed arrives in order. TCP, Unix, inproc.
 
 mod actors_support;
 
@@ -150,4 +150,9 @@ async fn never_reading_peer_tcp() {
 #[actix::test]
 async fn never_reading_peer_unix() {
     never_reading_peer(&unix_endpoint("bp")).await;
+}
+
+#[actix::test]
+async fn never_reading_peer_inproc() {
+    never_reading_peer("inproc://actors-backpressure").await;
 }

@@ -80,6 +80,12 @@ async fn echo_10k_in_order_unix() {
     echo_client(&ep, 1, N).await;
 }
 
+#[actix::test]
+async fn echo_10k_in_order_inproc() {
+    let (_acceptor, ep, _errors) = echo_server("inproc://actors-echo-10k", None).await;
+    echo_client(&ep, 1, N).await;
+}
+
 async fn many_clients(endpoint: &str) {
     const CLIENTS: u32 = 50;
     const PER_CLIENT: u64 = 200;
@@ -105,12 +111,16 @@ async fn fifty_concurrent_clients_unix() {
     many_clients(&unix_endpoint("many")).await;
 }
 
+#[actix::test]
+async fn fifty_concurrent_clients_inproc() {
+    many_clients("inproc://actors-fifty").await;
+}
+
 /// A writer sends N messages then `Close`: the raw peer receives all N, in order, then a
 /// clean end of stream.
-#[actix::test]
-async fn close_flushes_then_eof() {
+async fn close_flushes_then_eof(endpoint: &str) {
     const COUNT: u64 = 2_000;
-    let listener = endpoint::listen(&"tcp://127.0.0.1:0".parse().unwrap())
+    let listener = endpoint::listen(&endpoint.parse().unwrap())
         .await
         .unwrap();
     let ep = listener.local_endpoint();
@@ -157,4 +167,19 @@ async fn close_flushes_then_eof() {
             _ => {}
         }
     }
+}
+
+#[actix::test]
+async fn close_flushes_then_eof_tcp() {
+    close_flushes_then_eof("tcp://127.0.0.1:0").await;
+}
+
+#[actix::test]
+async fn close_flushes_then_eof_unix() {
+    close_flushes_then_eof(&unix_endpoint("close")).await;
+}
+
+#[actix::test]
+async fn close_flushes_then_eof_inproc() {
+    close_flushes_then_eof("inproc://actors-close").await;
 }
