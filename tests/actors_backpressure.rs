@@ -104,7 +104,10 @@ async fn never_reading_peer(endpoint: &str) {
         rss_growth / 1024
     );
     assert!(stalled_at > 0, "nothing was ever committed");
-    assert!(bytes <= BOUND, "{bytes} bytes committed while the peer never reads");
+    assert!(
+        bytes <= BOUND,
+        "{bytes} bytes committed while the peer never reads"
+    );
     assert!(rss_growth <= BOUND, "RSS grew by {rss_growth} bytes");
 
     // try_send: the mailbox fills up (the writer takes nothing while its reserve is
@@ -128,13 +131,20 @@ async fn never_reading_peer(endpoint: &str) {
         .map(chunk)
         .chain((0..accepted).map(|i| chunk(1_000_000 + i)));
     for want in expected {
-        let bytes = guard("peer read", prx.recv()).await.unwrap().expect("message");
+        let bytes = guard("peer read", prx.recv())
+            .await
+            .unwrap()
+            .expect("message");
         let got: Chunk = Postcard.decode(&bytes).unwrap();
         assert_eq!(got.seq, want.seq);
         assert_eq!(got, want);
     }
     guard("producer", producer).await.unwrap();
-    assert_eq!(committed.get(), stalled_at + 1, "the blocked send completed");
+    assert_eq!(
+        committed.get(),
+        stalled_at + 1,
+        "the blocked send completed"
+    );
     guard("close", link.writer.send(actors::Close))
         .await
         .unwrap()

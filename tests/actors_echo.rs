@@ -3,9 +3,7 @@
 
 mod actors_support;
 
-use actix_tether::actors::{
-    self, Close, DownReason, LinkEvent, LinkOptions, Received, Send, Side,
-};
+use actix_tether::actors::{self, Close, DownReason, LinkEvent, LinkOptions, Received, Send, Side};
 use actix_tether::codec::{Codec, Postcard};
 use actix_tether::endpoint;
 use actix_tether::links::{Link, LinkRx};
@@ -42,7 +40,10 @@ async fn echo_client(endpoint: &actix_tether::endpoint::Endpoint, client: u32, n
         assert_eq!(msg, Msg::new(client, seq), "client {client} reply {seq}");
     }
     let writer = guard("sender", sender).await.unwrap();
-    guard("close", writer.send(Close)).await.unwrap().expect("close");
+    guard("close", writer.send(Close))
+        .await
+        .unwrap()
+        .expect("close");
 
     // Up, then one Down per half: the writer closed, the reader saw the server's EOF.
     let mut downs = Vec::new();
@@ -120,9 +121,7 @@ async fn fifty_concurrent_clients_inproc() {
 /// clean end of stream.
 async fn close_flushes_then_eof(endpoint: &str) {
     const COUNT: u64 = 2_000;
-    let listener = endpoint::listen(&endpoint.parse().unwrap())
-        .await
-        .unwrap();
+    let listener = endpoint::listen(&endpoint.parse().unwrap()).await.unwrap();
     let ep = listener.local_endpoint();
     let (collector, _replies, mut events) = Collector::<Msg>::start();
     let link = actors::connect_with::<Msg, Msg, Postcard>(

@@ -7,9 +7,7 @@ mod actors_support;
 use std::collections::HashSet;
 
 use actix::prelude::*;
-use actix_tether::actors::{
-    self, ActorError, DownReason, LinkEvent, LinkId, Received, Send, Side,
-};
+use actix_tether::actors::{self, ActorError, DownReason, LinkEvent, LinkId, Received, Send, Side};
 use actix_tether::codec::CodecError;
 use actix_tether::endpoint::Endpoint;
 use actix_tether::links::LinkError;
@@ -108,7 +106,10 @@ async fn hostile_peers_are_rejected_others_keep_working() {
     assert!(
         matches!(
             reason,
-            ActorError::Link(LinkError::FrameTooLarge { len: 0xFFFF_FFFF, .. })
+            ActorError::Link(LinkError::FrameTooLarge {
+                len: 0xFFFF_FFFF,
+                ..
+            })
         ),
         "{reason:?}"
     );

@@ -32,9 +32,10 @@ async fn too_large_is_handed_back_and_writer_keeps_working() {
         .await
         .unwrap();
     let (collector, _msgs, _events) = Collector::<String>::start();
-    let writer = actors::connect::<String, String>(&listener.local_endpoint(), collector.recipient())
-        .await
-        .unwrap();
+    let writer =
+        actors::connect::<String, String>(&listener.local_endpoint(), collector.recipient())
+            .await
+            .unwrap();
     let (_ptx, mut prx) = listener.accept().await.unwrap().split();
 
     let huge = "x".repeat(17 * 1024 * 1024); // default maximum: 16 MiB

@@ -95,10 +95,13 @@ impl Actor for EchoServer {
 impl Handler<Incoming> for EchoServer {
     type Result = ();
     fn handle(&mut self, incoming: Incoming, _: &mut Context<Self>) {
-        let mut options = LinkOptions::default();
-        options.events = self.events.clone();
+        let options = LinkOptions {
+            events: self.events.clone(),
+            ..Default::default()
+        };
         EchoSession::create(|ctx| {
-            let link = incoming.accept_with::<Msg, Msg, Postcard>(ctx.address().recipient(), options);
+            let link =
+                incoming.accept_with::<Msg, Msg, Postcard>(ctx.address().recipient(), options);
             EchoSession {
                 writer: link.writer,
             }
