@@ -239,3 +239,56 @@ async fn shutdown_stops_reader() {
         }
     }
 }
+
+/// `SendAll` commits in order up to a failing message, hands back that one and the rest,
+/// and (for a per-message error) leaves the writer working.
+#[actix::test]
+async fn send_all_stops_at_first_error_and_hands_back_the_rest() {
+    let listener = endpoint::listen(&unix_endpoint("sendall").parse().unwrap())
+        .await
+        .unwrap();
+    let (collector, _msgs, _events) = Collector::<String>::start();
+    let writer =
+        actors::connect::<String, String>(&listener.local_endpoint(), collector.recipient())
+            .await
+            .unwrap();
+    let (_ptx, mut prx) = listener.accept().await.unwrap().split();
+
+    let huge = "x".repeat(17 * 1024 * 1024);
+    let batch = vec![
+        "a".to_string(),
+        "b".to_string(),
+        huge.clone(),
+        "c".to_string(),
+    ];
+    let err = writer
+        .send(actors::SendAll(batch))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.committed, 2);
+    assert_eq!(err.unsent, vec![huge, "c".to_string()]);
+    assert!(matches!(
+        err.error,
+        ActorError::Link(LinkError::TooLarge { .. })
+    ));
+    assert!(!err.is_fatal());
+
+    let many: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    writer
+        .send(actors::SendAll(many.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.send(actors::Close).await.unwrap().unwrap();
+    let mut got = Vec::new();
+    while let Some(bytes) = guard("recv", prx.recv()).await.unwrap() {
+        got.push(actix_tether::codec::Codec::decode::<String>(&Postcard, &bytes).unwrap());
+    }
+    let want: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(many)
+        .collect();
+    assert_eq!(got, want);
+}

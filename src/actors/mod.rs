@@ -7,7 +7,8 @@
 //!  subscriber ◄─LinkEvent (Up / Down / FrameRejected)
 //! ```
 //!
-//! * [`LinkWriter`] owns a link's sending half and handles [`Send`] and [`Close`].
+//! * [`LinkWriter`] owns a link's sending half and handles [`Send`], [`SendAll`] and
+//!   [`Close`].
 //! * [`LinkReader`] owns a link's receiving half and delivers [`Received`] to a
 //!   [`Recipient`].
 //! * [`Acceptor`] listens on an [`Endpoint`] and hands each connection to the application
@@ -67,7 +68,7 @@ mod writer;
 pub use acceptor::{AcceptError, Acceptor, Incoming};
 pub use events::{DownReason, FrameRejected, LinkDown, LinkEvent, LinkUp, Side};
 pub use reader::{LinkReader, Received};
-pub use writer::{Close, LinkWriter, Send, WriteError};
+pub use writer::{BatchError, Close, LinkWriter, Send, SendAll, WriteError};
 
 /// Errors of the actor layer.
 #[derive(Debug, Clone, thiserror::Error)]
