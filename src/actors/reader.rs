@@ -32,7 +32,8 @@ impl<M: 'static> Message for Received<M> {
 ///
 /// * Sends [`Received<M>`] to its recipient, in link order.
 /// * Sends [`LinkEvent::FrameRejected`] and [`LinkEvent::Down`] to the event subscriber.
-/// * Handles [`Shutdown`]: stops reading and drops the receiving half.
+/// * Handles [`Shutdown`]: stops reading and drops the receiving half (after a delivery
+///   the reader is waiting on, if any).
 ///
 /// # Backpressure
 ///

@@ -17,6 +17,9 @@ use crate::links::{AnyTx, LinkError, LinkTx};
 /// The reply is `Ok(())` once the message is **committed** to the link (it will be written
 /// before anything sent later, unless the link fails), or a [`WriteError`] that hands the
 /// message back.
+///
+/// Refer to it as `actors::Send`: importing it by name (or with a glob) shadows the
+/// standard `Send` trait in that module.
 #[derive(Debug)]
 pub struct Send<M>(pub M);
 
