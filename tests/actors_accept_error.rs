@@ -3,6 +3,8 @@
 //! Runs alone in its own test binary because it lowers the process's open-file limit to
 //! make `accept` fail with `EMFILE`.
 
+#![cfg(feature = "actors")]
+
 mod actors_support;
 
 use std::io;

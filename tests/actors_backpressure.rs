@@ -2,6 +2,8 @@
 //! backpressure (`send().await` stops completing, `try_send` fails handing the message
 //! back); once the peer reads, everything committed arrives in order. TCP, Unix, inproc.
 
+#![cfg(feature = "actors")]
+
 mod actors_support;
 
 use std::cell::Cell;

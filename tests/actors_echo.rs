@@ -1,6 +1,8 @@
 //! Typed echo through the actors over real sockets: order and content of 10,000 messages,
 //! 50 concurrent clients on one acceptor, and `Close` flushing.
 
+#![cfg(feature = "actors")]
+
 mod actors_support;
 
 use actix_tether::actors::{self, Close, DownReason, LinkEvent, LinkOptions, Received, Send, Side};

@@ -2,6 +2,8 @@
 //! with `FrameRejected` and `LinkDown`, nothing panics, and the acceptor and every other
 //! link keep working.
 
+#![cfg(feature = "actors")]
+
 mod actors_support;
 
 use std::collections::HashSet;

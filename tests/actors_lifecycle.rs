@@ -2,6 +2,8 @@
 //! link stops it with the message handed back, refusing closes the connection, `Shutdown`
 //! unbinds, a gone recipient stops the reader.
 
+#![cfg(feature = "actors")]
+
 mod actors_support;
 
 use actix::prelude::*;
