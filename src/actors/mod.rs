@@ -20,7 +20,8 @@
 //! which pauses the writer's (small) mailbox, which makes `send().await` wait and
 //! `try_send` fail; a slow application makes the reader wait for its mailbox, which stops
 //! the reader from reading the link, which fills the peer's socket buffers. No queue in
-//! this module grows without bound.
+//! this module grows without bound. The flip side, as with any bounded buffers: two peers
+//! that each only write and never read can block each other for good; read concurrently.
 //!
 //! ```no_run
 //! use actix::prelude::*;
