@@ -11,6 +11,8 @@
 //! * [`codec`] — serde values into link messages (postcard; bincode 2 with `bincode`).
 //! * [`links`] — the [`Link`](links::Link) contract and its transports.
 //! * [`endpoint`] — `tcp://`, `unix://` and `inproc://` addresses, `connect` and `listen`.
+//! * `actors` (feature `actors`, default) — actix actors over links: `LinkWriter`,
+//!   `LinkReader`, `Acceptor`, link events.
 //!
 //! ```
 //! use actix_tether::{codec::{self, Codec, Postcard}, endpoint, links::{Link, LinkRx}};
@@ -30,6 +32,9 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "actors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "actors")))]
+pub mod actors;
 pub mod codec;
 pub mod endpoint;
 pub mod frame;
