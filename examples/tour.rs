@@ -2,6 +2,10 @@
 //!
 //! Self-contained: everything runs on loopback inside this process.
 
+use actix::prelude::*;
+use actix_tether::actors::{
+    self, AcceptError, Acceptor, ActorConfig, Incoming, LinkWriter, Received,
+};
 use actix_tether::codec::{self, Codec, Postcard};
 use actix_tether::endpoint::{self, Endpoint};
 use actix_tether::links::{Link, LinkError, LinkRx, LinkTx, Permit};
@@ -77,7 +81,103 @@ async fn exchange(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
+// ---- 2. the same exchange through actors ----
+
+/// Server side, one per connection: answers every request through its link's writer. The
+/// `AtomicResponse` waits for the writer, so a slow peer slows this actor down (backpressure)
+/// instead of queueing replies without bound.
+struct Session(Addr<LinkWriter<Reply>>);
+
+impl Actor for Session {
+    type Context = Context<Self>;
+}
+
+impl Handler<Received<Request>> for Session {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, req: Received<Request>, _: &mut Context<Self>) -> Self::Result {
+        let reply = match req.msg {
+            Request::Greet { name } => Reply::Greeting(format!("hello, {name}")),
+            Request::Add(a, b) => Reply::Sum(a + b),
+        };
+        let writer = self.0.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let _ = writer.send(actors::Send(reply)).await;
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// Accepts every connection by starting a `Session` for it.
+struct Server;
+
+impl Actor for Server {
+    type Context = Context<Self>;
+}
+
+impl Handler<Incoming> for Server {
+    type Result = ();
+
+    fn handle(&mut self, incoming: Incoming, _: &mut Context<Self>) {
+        println!(
+            "[actors] {} accepted on {}",
+            incoming.id(),
+            incoming.local_endpoint()
+        );
+        Session::create(|ctx| Session(incoming.accept(ctx.address().recipient())));
+    }
+}
+
+impl Handler<AcceptError> for Server {
+    type Result = ();
+
+    fn handle(&mut self, e: AcceptError, _: &mut Context<Self>) {
+        eprintln!("[actors] accept failed: {}", e.error);
+    }
+}
+
+/// Client side: forwards replies to the tour's main task.
+struct Inbox(tokio::sync::mpsc::Sender<Reply>);
+
+impl Actor for Inbox {
+    type Context = Context<Self>;
+}
+
+impl Handler<Received<Reply>> for Inbox {
+    type Result = ();
+
+    fn handle(&mut self, reply: Received<Reply>, _: &mut Context<Self>) {
+        let _ = self.0.try_send(reply.msg);
+    }
+}
+
+async fn actor_exchange(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let server = Server.start();
+    let (acceptor, bound) = Acceptor::listen(
+        &Endpoint::parse(endpoint)?,
+        server.clone().recipient(),
+        server.recipient(),
+        &ActorConfig::default(),
+    )
+    .await?;
+    let (replies_tx, mut replies) = tokio::sync::mpsc::channel(16);
+    let writer =
+        actors::connect::<Request, Reply>(&bound, Inbox(replies_tx).start().recipient()).await?;
+    for i in 0..3 {
+        let req = Request::Add(i, i * 10);
+        println!("[actors {bound}] send {req:?}");
+        writer.send(actors::Send(req)).await??; // committed to the link (waits if full)
+        let reply = replies.recv().await.ok_or("inbox closed")?;
+        println!("[actors {bound}] got {reply:?}");
+    }
+    writer.send(actors::Close).await??; // flushed, then closed
+    acceptor.send(actors::Shutdown).await?;
+    Ok(())
+}
+
+#[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("== actix-tether tour ==");
     println!(
@@ -91,6 +191,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     exchange("inproc://tour").await?;
+
+    println!("-- 2. typed actors: Acceptor, LinkWriter, LinkReader over inproc and TCP --");
+    actor_exchange("inproc://tour-actors").await?;
+    actor_exchange("tcp://127.0.0.1:0").await?;
     println!("== tour finished ==");
     Ok(())
 }
