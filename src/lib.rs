@@ -33,3 +33,7 @@ pub mod codec;
 pub mod endpoint;
 pub mod frame;
 pub mod links;
+#[cfg(unix)]
+pub mod shm;
+#[cfg(unix)]
+mod sync;
