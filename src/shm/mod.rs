@@ -3,9 +3,17 @@
 //!
 //! See `SHM_API.md` and the module docs of [`ring`] and [`slab`].
 
+#[cfg(not(loom))]
+pub mod doorbell;
 pub mod error;
+#[cfg(not(loom))]
+pub mod layout;
+#[cfg(not(loom))]
+pub mod link;
 pub mod region;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod segment;
 pub mod slab;
 
 #[cfg(all(test, loom))]
