@@ -18,6 +18,8 @@ pub mod slab;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod ring_tests;
 
 pub use error::ShmError;
 pub use region::Region;

@@ -1023,6 +1023,35 @@ mod tests {
     }
 
     #[test]
+    fn malformed_frames_are_reported() {
+        let cases: [(u64, &str); 6] = [
+            (encode(9, 0, 0), "unknown kind"),
+            (encode(KIND_INLINE, 1, 0), "reserved bits"),
+            (encode(KIND_INLINE, 0, 25), "inline above max"),
+            (encode(KIND_CLOSE, 0, 1), "close with payload"),
+            (encode(KIND_PAD, 0, 8), "short padding"),
+            (encode(0, 0, 0), "zero header"),
+        ];
+        for (word, what) in cases {
+            let (mut tx, mut rx, _) = pair(64);
+            assert!(send(&mut tx, &[1; 8]));
+            tx.ring.write_word(0, word);
+            assert!(
+                matches!(
+                    rx.try_read().map(|f| f.is_some()),
+                    Err(ShmError::Corrupt(_))
+                ),
+                "{what}"
+            );
+        }
+        // An inline frame longer than what was published.
+        let (mut tx, mut rx, _) = pair(64);
+        assert!(send(&mut tx, &[1; 8]));
+        tx.ring.write_word(0, encode(KIND_INLINE, 0, 16));
+        assert!(rx.try_read().is_err());
+    }
+
+    #[test]
     fn reset_empties_the_ring() {
         let (mut tx, mut rx, _) = pair(64);
         assert!(send(&mut tx, &[1; 8]));
