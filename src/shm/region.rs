@@ -117,6 +117,18 @@ impl Region {
         }
     }
 
+    /// Allocates a heap region holding a copy of `bytes` (for tests and fuzzing: a ring or
+    /// slab image with arbitrary content).
+    pub fn heap_from(bytes: &[u8]) -> Region {
+        let region = Region::heap(bytes.len());
+        // SAFETY: the fresh allocation holds at least `bytes.len()` bytes and is not shared
+        // with anyone yet; `bytes` cannot overlap it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.as_ptr(), bytes.len());
+        }
+        region
+    }
+
     /// A view of `len` bytes starting `offset` bytes into this region.
     ///
     /// `offset` must be a multiple of [`REGION_ALIGN`] and the sub-region must lie inside this
