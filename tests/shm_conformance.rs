@@ -3,6 +3,7 @@
 #[macro_use]
 mod conformance;
 
+use actix_tether::links::AnyLink;
 use actix_tether::shm::link::{IdleStrategy, ShmConfig, ShmLink};
 
 suite!(shm, || async {
@@ -29,4 +30,15 @@ suite!(shm_small, || async {
         },
     })
     .unwrap()
+});
+suite!(shm_busy_spin, || async {
+    ShmLink::pair(ShmConfig {
+        idle: IdleStrategy::BusySpin,
+        ..ShmConfig::default()
+    })
+    .unwrap()
+});
+suite!(any_shm, || async {
+    let (a, b) = ShmLink::pair(ShmConfig::default()).unwrap();
+    (AnyLink::from(a), AnyLink::from(b))
 });

@@ -7,12 +7,17 @@ use bytes::Bytes;
 
 use super::stream::{BoxRead, BoxWrite, StreamLink, StreamPermit, StreamRx, StreamSlot, StreamTx};
 use super::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
+#[cfg(all(unix, not(loom)))]
+use crate::shm::link::{ShmLink, ShmPermit, ShmRx, ShmSlot, ShmTx};
 
 /// A link of any transport.
 #[non_exhaustive]
 pub enum AnyLink {
     /// A framed byte stream (TCP, Unix socket, stdio, in-memory pipe).
     Stream(StreamLink<BoxRead, BoxWrite>),
+    /// A shared-memory link (see [`crate::shm::link`]).
+    #[cfg(all(unix, not(loom)))]
+    Shm(Box<ShmLink>),
 }
 
 /// Sending half of an [`AnyLink`].
@@ -20,6 +25,9 @@ pub enum AnyLink {
 pub enum AnyTx {
     /// See [`AnyLink::Stream`].
     Stream(StreamTx<BoxWrite>),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(Box<ShmTx>),
 }
 
 /// Receiving half of an [`AnyLink`].
@@ -27,6 +35,9 @@ pub enum AnyTx {
 pub enum AnyRx {
     /// See [`AnyLink::Stream`].
     Stream(StreamRx<BoxRead>),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(ShmRx),
 }
 
 /// Permit of an [`AnyTx`].
@@ -34,6 +45,9 @@ pub enum AnyRx {
 pub enum AnyPermit<'a> {
     /// See [`AnyLink::Stream`].
     Stream(StreamPermit<'a>),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(ShmPermit<'a>),
 }
 
 /// Write slot of an [`AnyTx`].
@@ -41,6 +55,9 @@ pub enum AnyPermit<'a> {
 pub enum AnySlot<'a> {
     /// See [`AnyLink::Stream`].
     Stream(StreamSlot<'a>),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(ShmSlot<'a>),
 }
 
 impl<R, W> From<StreamLink<R, W>> for AnyLink
@@ -50,6 +67,13 @@ where
 {
     fn from(link: StreamLink<R, W>) -> Self {
         AnyLink::Stream(link.boxed())
+    }
+}
+
+#[cfg(all(unix, not(loom)))]
+impl From<ShmLink> for AnyLink {
+    fn from(link: ShmLink) -> Self {
+        AnyLink::Shm(Box::new(link))
     }
 }
 
@@ -63,6 +87,11 @@ impl Link for AnyLink {
                 let (t, r) = l.split();
                 (AnyTx::Stream(t), AnyRx::Stream(r))
             }
+            #[cfg(all(unix, not(loom)))]
+            AnyLink::Shm(l) => {
+                let (t, r) = (*l).split();
+                (AnyTx::Shm(Box::new(t)), AnyRx::Shm(r))
+            }
         }
     }
 }
@@ -73,12 +102,16 @@ impl LinkTx for AnyTx {
     async fn reserve(&mut self) -> Result<AnyPermit<'_>, LinkError> {
         match self {
             AnyTx::Stream(t) => t.reserve().await.map(AnyPermit::Stream),
+            #[cfg(all(unix, not(loom)))]
+            AnyTx::Shm(t) => t.reserve().await.map(AnyPermit::Shm),
         }
     }
 
     async fn close(self) -> Result<(), LinkError> {
         match self {
             AnyTx::Stream(t) => t.close().await,
+            #[cfg(all(unix, not(loom)))]
+            AnyTx::Shm(t) => (*t).close().await,
         }
     }
 }
@@ -89,6 +122,8 @@ impl<'a> Permit for AnyPermit<'a> {
     fn alloc(self, len: usize) -> Result<AnySlot<'a>, LinkError> {
         match self {
             AnyPermit::Stream(p) => p.alloc(len).map(AnySlot::Stream),
+            #[cfg(all(unix, not(loom)))]
+            AnyPermit::Shm(p) => p.alloc(len).map(AnySlot::Shm),
         }
     }
 }
@@ -97,12 +132,16 @@ impl WriteSlot for AnySlot<'_> {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         match self {
             AnySlot::Stream(s) => s.as_mut_slice(),
+            #[cfg(all(unix, not(loom)))]
+            AnySlot::Shm(s) => s.as_mut_slice(),
         }
     }
 
     fn commit(self) {
         match self {
             AnySlot::Stream(s) => s.commit(),
+            #[cfg(all(unix, not(loom)))]
+            AnySlot::Shm(s) => s.commit(),
         }
     }
 }
@@ -111,6 +150,8 @@ impl LinkRx for AnyRx {
     async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
         match self {
             AnyRx::Stream(r) => r.recv().await,
+            #[cfg(all(unix, not(loom)))]
+            AnyRx::Shm(r) => r.recv().await,
         }
     }
 }
