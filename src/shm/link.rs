@@ -319,13 +319,17 @@ fn create_segment(config: &ShmConfig) -> Result<Arc<Segment>, ShmError> {
 impl ShmLink {
     /// Two connected links in this process (for threads or tasks of one process, and tests).
     pub fn pair(config: ShmConfig) -> Result<(ShmLink, ShmLink), ShmError> {
+        ShmLink::pair_with_segment(config).map(|(a, b, _)| (a, b))
+    }
+
+    fn pair_with_segment(config: ShmConfig) -> Result<(ShmLink, ShmLink, Arc<Segment>), ShmError> {
         let seg = create_segment(&config)?;
         let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
         let bells_b = bells.try_clone().map_err(super::segment::io_err("dup"))?;
         let (live_a, live_b) = Liveness::pair().map_err(super::segment::io_err("socketpair"))?;
         let a = ShmLink::build(seg.clone(), Side::A, bells, live_a, &config)?;
-        let b = ShmLink::build(seg, Side::B, bells_b, live_b, &config)?;
-        Ok((a, b))
+        let b = ShmLink::build(seg.clone(), Side::B, bells_b, live_b, &config)?;
+        Ok((a, b, seg))
     }
 
     /// The parent's side of a link to a child process, and the [`ChildHandoff`] that spawns
@@ -1027,6 +1031,140 @@ mod tests {
         }
         // Well-formed but not open here.
         assert!(parse_handoff("1 100000 100001 100002 100003 100004 100005").is_err());
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Whether `b` points into region `id` of `seg`.
+    fn inside(seg: &Arc<Segment>, id: RegionId, b: &[u8]) -> bool {
+        let r = seg.region(id).unwrap();
+        let start = r.as_ptr() as usize;
+        let p = b.as_ptr() as usize;
+        p >= start && p + b.len() <= start + r.len()
+    }
+
+    async fn send(tx: &mut ShmTx, payload: &[u8]) -> Result<(), LinkError> {
+        crate::links::send_bytes(tx, payload).await
+    }
+
+    #[test]
+    fn slab_payloads_are_zero_copy_until_too_many_are_held() {
+        rt().block_on(async {
+            let config = ShmConfig {
+                slot_count: 4,
+                max_held_slots: 2,
+                ..ShmConfig::default()
+            };
+            let (a, b, seg) = ShmLink::pair_with_segment(config).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            let big = vec![5u8; 10_000];
+            send(&mut atx, b"small").await.unwrap();
+            let small = brx.recv().await.unwrap().unwrap();
+            assert!(
+                !inside(&seg, RegionId::RingAtoB, &small),
+                "inline payloads are copied"
+            );
+
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                send(&mut atx, &big).await.unwrap();
+                let m = brx.recv().await.unwrap().unwrap();
+                assert_eq!(m[..], big[..]);
+                assert!(
+                    inside(&seg, RegionId::SlabAtoB, &m),
+                    "slab payload was copied"
+                );
+                held.push(m);
+            }
+            // A third one while two are held: copied, and its slot is free again at once.
+            send(&mut atx, &big).await.unwrap();
+            let m = brx.recv().await.unwrap().unwrap();
+            assert_eq!(m[..], big[..]);
+            assert!(!inside(&seg, RegionId::SlabAtoB, &m));
+            // The sender can still use every slot not held: 4 slots, 2 held.
+            for _ in 0..2 {
+                send(&mut atx, &big).await.unwrap();
+            }
+            drop(held);
+            for _ in 0..2 {
+                assert_eq!(brx.recv().await.unwrap().unwrap()[..], big[..]);
+            }
+        });
+    }
+
+    #[test]
+    fn dropped_receiver_fails_the_peers_reserve() {
+        rt().block_on(async {
+            let (a, b) = ShmLink::pair(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, brx) = b.split();
+            send(&mut atx, b"one").await.unwrap();
+            drop(brx);
+            assert!(matches!(
+                send(&mut atx, b"two").await,
+                Err(LinkError::Closed)
+            ));
+            assert!(matches!(
+                send(&mut atx, b"two").await,
+                Err(LinkError::Closed)
+            ));
+        });
+    }
+
+    /// Rewrites the u64 at byte `offset` of region `id`, as a hostile peer would.
+    fn scribble(seg: &Arc<Segment>, id: RegionId, offset: usize, f: impl Fn(u64) -> u64) {
+        let r = seg.region(id).unwrap();
+        assert!(offset + 8 <= r.len() && offset % 8 == 0);
+        // SAFETY: in bounds and 8-aligned (checked above; regions are 64-aligned); the
+        // ring's own accesses to this word are atomic or volatile, and this racy write is
+        // exactly the hostile-peer scenario the ring must survive.
+        #[allow(unsafe_code)]
+        unsafe {
+            let p = r.as_ptr().add(offset).cast::<u64>();
+            std::ptr::write_volatile(p, f(std::ptr::read_volatile(p)))
+        };
+    }
+
+    #[test]
+    fn corrupt_ring_fails_the_link_without_panic() {
+        rt().block_on(async {
+            // A head index that is not 8-aligned.
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (_atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            scribble(&seg, RegionId::RingAtoB, 0, |_| 12_345);
+            let e = brx.recv().await.unwrap_err();
+            assert!(matches!(e, LinkError::Corrupt(_)), "{e}");
+            assert!(
+                matches!(brx.recv().await, Err(LinkError::Corrupt(_))),
+                "not sticky"
+            );
+
+            // A frame header with an unknown kind, published by a valid head.
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            send(&mut atx, b"12345678").await.unwrap();
+            scribble(&seg, RegionId::RingAtoB, 256, |h| h | (0x77 << 32));
+            assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));
+
+            // A slab reference to a slot that does not exist.
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            send(&mut atx, &[1u8; 10_000]).await.unwrap();
+            // Frame header: len (bits 0..32) | kind (32..40) | slot (40..64).
+            scribble(&seg, RegionId::RingAtoB, 256, |h| {
+                (h & ((1 << 40) - 1)) | (999 << 40)
+            });
+            assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));
+        });
     }
 
     #[test]

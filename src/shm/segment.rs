@@ -309,3 +309,184 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests {
+    use super::*;
+    use crate::shm::layout::{SegmentHeader, MAGIC};
+
+    fn params() -> LayoutParams {
+        LayoutParams {
+            ring_capacity: 4096,
+            slot_size: 4096,
+            slot_count: 2,
+        }
+    }
+
+    fn dup(seg: &Segment) -> OwnedFd {
+        seg.fd().try_clone_to_owned().unwrap()
+    }
+
+    /// Overwrites header bytes at `offset` of a live segment (as a hostile peer would).
+    fn scribble(seg: &Segment, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= std::mem::size_of::<SegmentHeader>());
+        // SAFETY: the range lies inside the header page of the mapping; nothing else in this
+        // test accesses the header concurrently.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                seg.map.as_mut_ptr().add(offset),
+                bytes.len(),
+            )
+        };
+    }
+
+    fn memfd(len: u64, seal: bool) -> File {
+        // SAFETY: a valid NUL-terminated name and valid flags.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"test".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(len).unwrap();
+        if seal {
+            // SAFETY: F_ADD_SEALS takes an integer and touches no memory.
+            let r = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, REQUIRED_SEALS) };
+            assert_eq!(r, 0);
+        }
+        file
+    }
+
+    fn write_header(file: &File, header: &SegmentHeader) {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(zerocopy::IntoBytes::as_bytes(header), 0)
+            .unwrap();
+    }
+
+    #[test]
+    fn create_then_attach_by_fd() {
+        let seg = Segment::create(params()).unwrap();
+        let other = Segment::attach_fd(dup(&seg)).unwrap();
+        assert_eq!(other.layout(), seg.layout());
+        assert_eq!(other.len() as u64, seg.layout().total_len());
+    }
+
+    #[test]
+    fn each_header_mismatch_is_refused_with_its_own_error() {
+        let seg = Segment::create(params()).unwrap();
+        scribble(&seg, 0, b"NOTTETHR");
+        assert!(matches!(
+            Segment::attach_fd(dup(&seg)),
+            Err(ShmError::BadMagic(_))
+        ));
+        scribble(&seg, 0, &MAGIC);
+
+        scribble(&seg, 8, &7u32.to_ne_bytes());
+        assert!(matches!(
+            Segment::attach_fd(dup(&seg)),
+            Err(ShmError::UnsupportedVersion { found: 7, .. })
+        ));
+        scribble(&seg, 8, &super::super::layout::LAYOUT_VERSION.to_ne_bytes());
+
+        scribble(&seg, 16, &1u64.to_ne_bytes()); // total_len
+        assert!(matches!(
+            Segment::attach_fd(dup(&seg)),
+            Err(ShmError::SizeMismatch { .. })
+        ));
+        scribble(&seg, 16, &seg.layout().total_len().to_ne_bytes());
+
+        // The last region's length pushed past the end of the mapping.
+        let last = 48 + 16 * 4 + 8;
+        scribble(&seg, last, &(1u64 << 40).to_ne_bytes());
+        assert!(matches!(
+            Segment::attach_fd(dup(&seg)),
+            Err(ShmError::RegionOutOfBounds { .. })
+        ));
+        let len = seg.layout().region(RegionId::SlabBtoA).len;
+        scribble(&seg, last, &len.to_ne_bytes());
+
+        // A ring capacity that is not a power of two.
+        scribble(&seg, 24, &1000u64.to_ne_bytes());
+        assert!(matches!(
+            Segment::attach_fd(dup(&seg)),
+            Err(ShmError::InvalidConfig(_))
+        ));
+        scribble(&seg, 24, &4096u64.to_ne_bytes());
+
+        Segment::attach_fd(dup(&seg)).expect("restored header attaches again");
+    }
+
+    #[test]
+    fn unsealed_or_foreign_descriptors_are_refused() {
+        let layout = Layout::compute(params()).unwrap();
+        let file = memfd(layout.total_len(), false);
+        write_header(&file, &layout.header);
+        assert!(matches!(
+            Segment::attach_fd(file.into()),
+            Err(ShmError::NotSealed)
+        ));
+
+        let dir = std::env::temp_dir().join(format!("tether-seg-{}", std::process::id()));
+        std::fs::write(&dir, vec![0u8; 8192]).unwrap();
+        let plain = File::open(&dir).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        assert!(matches!(
+            Segment::attach_fd(plain.into()),
+            Err(ShmError::NotSealed)
+        ));
+    }
+
+    #[test]
+    fn wrong_sizes_are_refused() {
+        assert!(matches!(
+            Segment::attach_fd(memfd(100, true).into()),
+            Err(ShmError::SegmentTooSmall { len: 100, .. })
+        ));
+        // A valid header in a file one page longer than it says.
+        let layout = Layout::compute(params()).unwrap();
+        let file = memfd(layout.total_len() + SEGMENT_ALIGN, false);
+        write_header(&file, &layout.header);
+        // SAFETY: F_ADD_SEALS takes an integer and touches no memory.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) };
+        assert_eq!(r, 0);
+        assert!(matches!(
+            Segment::attach_fd(file.into()),
+            Err(ShmError::SizeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn named_segment_is_private_and_unlinked_on_drop() {
+        let name = format!("actix-tether-test-{}-{:x}", std::process::id(), rand_u64());
+        let seg = Segment::create_named(&name, params()).unwrap();
+        let path = Path::new("/dev/shm").join(&name);
+        let mode = std::fs::metadata(&path).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let other = Segment::attach_path(&name).unwrap();
+        assert_eq!(other.layout(), seg.layout());
+        // A second create under the same name fails instead of replacing it.
+        assert!(Segment::create_named(&name, params()).is_err());
+
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        assert!(matches!(
+            Segment::attach_path(&name),
+            Err(ShmError::Insecure { .. })
+        ));
+        drop(seg);
+        assert!(!path.exists());
+        drop(other);
+
+        for bad in ["", ".", "..", "a/b", ".hidden", "sp ace"] {
+            assert!(matches!(
+                Segment::attach_path(bad),
+                Err(ShmError::InvalidConfig(_))
+            ));
+        }
+    }
+}
