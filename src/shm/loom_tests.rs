@@ -45,6 +45,7 @@ impl Doorbell {
 
 const CAP: usize = 64;
 
+
 fn ring_pair() -> (RingProducer, RingConsumer) {
     let region = Region::heap(ring::ring_region_size(CAP));
     ring::init(&region, CAP).unwrap();
@@ -209,3 +210,4 @@ fn slab_slot_reuse_and_release_wakeup() {
         assert_eq!(slab_rx.held(), 0);
     });
 }
+

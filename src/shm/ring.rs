@@ -6,8 +6,8 @@
 //!  region: [ RingHeader (256 B)                                  ][ data: capacity bytes ]
 //!            line 0: head            (u64, written only by the producer)
 //!            line 1: tail            (u64, written only by the consumer)
-//!            line 2: consumer_parked (u32, set by the consumer, cleared by either side)
-//!            line 3: producer_parked (u32, set by the producer, cleared by either side)
+//!            line 2: consumer_parked (u64, written only by the consumer)
+//!            line 3: producer_parked (u64, written only by the producer)
 //! ```
 //!
 //! `head` and `tail` are free-running byte counters (never reduced modulo the capacity); the
@@ -48,15 +48,19 @@
 //!
 //! # Wake-ups
 //!
-//! A side that finds nothing to do parks: it sets its parked flag, issues a `SeqCst` fence,
-//! re-checks the ring, and sleeps only if there is still nothing to do
+//! A side that finds nothing to do parks: it announces a new park in its parked word, issues
+//! a `SeqCst` fence, re-checks the ring, and sleeps only if there is still nothing to do
 //! ([`RingConsumer::prepare_park`], [`RingProducer::prepare_park`]). A side that publishes
-//! (a commit or a release) stores its index, issues a `SeqCst` fence and then looks at the
-//! peer's flag; if it is set it clears it and returns a [`Wake`] saying the peer must be
-//! woken (for example by writing its eventfd). The two fences make the classic store-buffer
-//! pattern safe: either the waiter's re-check sees the new index, or the notifier sees the
-//! flag, so no wake-up is lost; the notifier clears the flag so a sleeping peer costs one
-//! system call, not one per frame.
+//! (a commit or a release) stores its index, issues a `SeqCst` fence and then reads the
+//! peer's parked word; if the peer is parked, and this park has not been reported yet, it
+//! returns a [`Wake`] saying the peer must be woken (for example by writing its eventfd). The
+//! two fences make the classic store-buffer pattern safe: either the waiter's re-check sees
+//! the new index, or the notifier sees the announcement, so no wake-up is lost.
+//!
+//! Each parked word has a single writer, its waiter: it holds `(park number << 1) | parked`.
+//! The notifier only reads it and remembers (locally) the last park it reported, so a peer
+//! that sleeps costs one system call, not one per frame, and no index or flag in shared
+//! memory is written by both sides.
 //!
 //! ```
 //! use actix_tether::shm::{ring, Region};
@@ -86,7 +90,7 @@ use super::region::Region;
 use super::ShmError;
 #[cfg(loom)]
 use crate::sync::Tracked;
-use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering};
 
 /// Alignment in bytes of every frame (header and inline payload).
 pub const FRAME_ALIGN: usize = 8;
@@ -117,8 +121,8 @@ struct Line<T>(T);
 struct RingHeader {
     head: Line<AtomicU64>,
     tail: Line<AtomicU64>,
-    consumer_parked: Line<AtomicU32>,
-    producer_parked: Line<AtomicU32>,
+    consumer_parked: Line<AtomicU64>,
+    producer_parked: Line<AtomicU64>,
     #[cfg(loom)]
     shadow: [Tracked; LOOM_WORDS],
 }
@@ -150,8 +154,8 @@ pub const fn ring_max_inline(capacity: usize) -> usize {
 pub struct Wake(bool);
 
 impl Wake {
-    /// `true` if the peer had announced it was parked: write its doorbell now. The flag has
-    /// already been cleared, so exactly one notifier sees `true` per park.
+    /// `true` if the peer had announced it was parked: write its doorbell now. Reported
+    /// once per park of the peer.
     pub fn is_needed(self) -> bool {
         self.0
     }
@@ -227,8 +231,8 @@ pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
                 RingHeader {
                     head: Line(AtomicU64::new(0)),
                     tail: Line(AtomicU64::new(0)),
-                    consumer_parked: Line(AtomicU32::new(0)),
-                    producer_parked: Line(AtomicU32::new(0)),
+                    consumer_parked: Line(AtomicU64::new(0)),
+                    producer_parked: Line(AtomicU64::new(0)),
                     shadow: std::array::from_fn(|_| Tracked::new()),
                 },
             )
@@ -325,24 +329,62 @@ fn encode(kind: u32, slot: u32, len: u32) -> u64 {
     u64::from(len) | (u64::from(kind) << 32) | (u64::from(slot) << 40)
 }
 
-/// Notifier half of the parked-flag protocol, run right after publishing an index.
-fn notify(flag: &AtomicU32) -> Wake {
-    // SeqCst fence: pairs with the SeqCst fence in the peer's `prepare_park` (between its
-    // flag store and its index re-check). Either the peer's re-check sees the index we just
-    // stored, or this load sees its flag: no lost wake-up.
-    fence(Ordering::SeqCst);
-    // Relaxed: the flag carries no data; the index store (Release) and the doorbell do.
-    // The swap makes exactly one notifier per park report a wake-up.
-    Wake(flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Relaxed) != 0)
+/// Waiter half of the parked-flag protocol (the single writer of its parked word).
+#[derive(Debug, Default)]
+struct Waiter {
+    /// Number of the current or last park.
+    seq: u64,
 }
 
-/// Waiter half of the parked-flag protocol: set the flag, fence, then the caller re-checks.
-fn announce_park(flag: &AtomicU32) {
-    // Relaxed store; ordered before the re-check by the SeqCst fence below.
-    flag.store(1, Ordering::Relaxed);
-    // SeqCst fence: pairs with the SeqCst fence in the peer's `notify` (after its index
-    // store). See `notify`.
-    fence(Ordering::SeqCst);
+impl Waiter {
+    /// Continues the park numbering found in shared memory.
+    fn attach(flag: &AtomicU64) -> Waiter {
+        Waiter {
+            // Relaxed: only our own earlier incarnation wrote it.
+            seq: flag.load(Ordering::Relaxed) >> 1,
+        }
+    }
+
+    /// Announces a new park; the caller re-checks the ring afterwards.
+    fn announce(&mut self, flag: &AtomicU64) {
+        self.seq = self.seq.wrapping_add(1);
+        // Relaxed store; ordered before the re-check by the SeqCst fence below.
+        flag.store((self.seq << 1) | 1, Ordering::Relaxed);
+        // SeqCst fence: pairs with the SeqCst fence in the peer's `Notifier::notify` (after
+        // its index store). Either our re-check sees the peer's new index, or its load of
+        // the parked word sees this announcement: no lost wake-up.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Withdraws the announcement (work appeared, or we woke up).
+    fn clear(&self, flag: &AtomicU64) {
+        // Relaxed: the parked word carries no data; a notifier that still sees the
+        // announcement causes one harmless spurious wake-up.
+        flag.store(self.seq << 1, Ordering::Relaxed);
+    }
+}
+
+/// Notifier half of the parked-flag protocol: reads the peer's parked word after publishing.
+#[derive(Debug, Default)]
+struct Notifier {
+    /// The last parked word we reported a wake-up for.
+    last: u64,
+}
+
+impl Notifier {
+    /// Run right after publishing an index (Release store).
+    fn notify(&mut self, flag: &AtomicU64) -> Wake {
+        // SeqCst fence: pairs with the SeqCst fence in the peer's `Waiter::announce`.
+        fence(Ordering::SeqCst);
+        // Relaxed: the parked word carries no data; the index (Release) and the doorbell do.
+        let word = flag.load(Ordering::Relaxed);
+        if word & 1 == 1 && word != self.last {
+            self.last = word;
+            Wake(true)
+        } else {
+            Wake(false)
+        }
+    }
 }
 
 /// The producing end of a ring. See the [module docs](self).
@@ -353,6 +395,10 @@ pub struct RingProducer {
     head: u64,
     /// Last tail read from shared memory.
     cached_tail: u64,
+    /// Our side of `producer_parked`.
+    waiter: Waiter,
+    /// Our view of `consumer_parked`.
+    notifier: Notifier,
 }
 
 impl RingProducer {
@@ -371,10 +417,13 @@ impl RingProducer {
                 "ring indices head={head} tail={tail} are inconsistent at attach"
             )));
         }
+        let waiter = Waiter::attach(&h.producer_parked.0);
         Ok(RingProducer {
             ring,
             head,
             cached_tail: tail,
+            waiter,
+            notifier: Notifier::default(),
         })
     }
 
@@ -455,7 +504,8 @@ impl RingProducer {
 
     /// Waiter side of the space-ready protocol (see the [module docs](self)).
     ///
-    /// Sets `producer_parked`, fences, and re-checks for room for `max_len` bytes.
+    /// Announces the park in `producer_parked`, fences, and re-checks for room for `max_len`
+    /// bytes.
     /// `Ok(true)`: still no room, the flag is set — sleep on the space-ready doorbell, then
     /// call [`unpark`](Self::unpark) and retry. `Ok(false)`: room appeared and the flag is
     /// cleared — retry at once.
@@ -466,31 +516,19 @@ impl RingProducer {
                 max: self.ring.max_inline,
             });
         }
-        let flag = &self.ring.header().producer_parked.0;
-        announce_park(flag);
+        self.waiter.announce(&self.ring.header().producer_parked.0);
         self.refresh_tail()?;
         if self.has_room(self.need(max_len).0) {
-            // Relaxed: only cancels our own announcement; a racing notifier may still wake
-            // us once, which is a harmless spurious wake-up.
-            self.ring
-                .header()
-                .producer_parked
-                .0
-                .store(0, Ordering::Relaxed);
+            self.waiter.clear(&self.ring.header().producer_parked.0);
             Ok(false)
         } else {
             Ok(true)
         }
     }
 
-    /// Clears `producer_parked` after waking up (the notifier usually cleared it already).
+    /// Withdraws the park announcement after waking up.
     pub fn unpark(&mut self) {
-        // Relaxed: the flag carries no data.
-        self.ring
-            .header()
-            .producer_parked
-            .0
-            .store(0, Ordering::Relaxed);
+        self.waiter.clear(&self.ring.header().producer_parked.0);
     }
 
     /// Whether the consumer has released every frame committed so far.
@@ -512,6 +550,8 @@ impl RingProducer {
         h.producer_parked.0.store(0, Ordering::Relaxed);
         self.head = 0;
         self.cached_tail = 0;
+        self.waiter = Waiter::default();
+        self.notifier = Notifier::default();
     }
 
     /// Writes the padding (if any) and the frame header, then publishes.
@@ -532,7 +572,7 @@ impl RingProducer {
         // Release: pairs with the consumer's Acquire load of `head` in `refresh_head`; the
         // frame header and payload written above become visible with the index.
         ring.header().head.0.store(new_head, Ordering::Release);
-        notify(&ring.header().consumer_parked.0)
+        self.notifier.notify(&ring.header().consumer_parked.0)
     }
 }
 
@@ -623,6 +663,10 @@ pub struct RingConsumer {
     tail: u64,
     /// Last head read from shared memory.
     cached_head: u64,
+    /// Our side of `consumer_parked`.
+    waiter: Waiter,
+    /// Our view of `producer_parked`.
+    notifier: Notifier,
 }
 
 impl RingConsumer {
@@ -640,10 +684,13 @@ impl RingConsumer {
                 "ring indices head={head} tail={tail} are inconsistent at attach"
             )));
         }
+        let waiter = Waiter::attach(&h.consumer_parked.0);
         Ok(RingConsumer {
             ring,
             tail,
             cached_head: head,
+            waiter,
+            notifier: Notifier::default(),
         })
     }
 
@@ -750,34 +797,24 @@ impl RingConsumer {
 
     /// Waiter side of the data-ready protocol (see the [module docs](self)).
     ///
-    /// Sets `consumer_parked`, fences, and re-checks for a frame. `Ok(true)`: still empty,
+    /// Announces the park in `consumer_parked`, fences, and re-checks for a frame. `Ok(true)`: still empty,
     /// the flag is set — sleep on the data-ready doorbell, then call
     /// [`unpark`](Self::unpark) and retry. `Ok(false)`: data arrived and the flag is cleared
     /// — retry at once.
     pub fn prepare_park(&mut self) -> Result<bool, ShmError> {
-        announce_park(&self.ring.header().consumer_parked.0);
+        self.waiter.announce(&self.ring.header().consumer_parked.0);
         self.refresh_head()?;
         if self.tail != self.cached_head {
-            // Relaxed: only cancels our own announcement (see RingProducer::prepare_park).
-            self.ring
-                .header()
-                .consumer_parked
-                .0
-                .store(0, Ordering::Relaxed);
+            self.waiter.clear(&self.ring.header().consumer_parked.0);
             Ok(false)
         } else {
             Ok(true)
         }
     }
 
-    /// Clears `consumer_parked` after waking up (the notifier usually cleared it already).
+    /// Withdraws the park announcement after waking up.
     pub fn unpark(&mut self) {
-        // Relaxed: the flag carries no data.
-        self.ring
-            .header()
-            .consumer_parked
-            .0
-            .store(0, Ordering::Relaxed);
+        self.waiter.clear(&self.ring.header().consumer_parked.0);
     }
 
     /// Resets the consumer's view for reuse after the producer is gone (hub): both indices
@@ -791,6 +828,8 @@ impl RingConsumer {
         h.producer_parked.0.store(0, Ordering::Relaxed);
         self.tail = 0;
         self.cached_head = 0;
+        self.waiter = Waiter::default();
+        self.notifier = Notifier::default();
     }
 }
 
@@ -854,7 +893,7 @@ impl ReadFrame<'_> {
         // Release: pairs with the producer's Acquire load of `tail` in `refresh_tail`; our
         // reads of the released bytes happen before it overwrites them.
         h.tail.0.store(c.tail, Ordering::Release);
-        notify(&h.producer_parked.0)
+        c.notifier.notify(&h.producer_parked.0)
     }
 }
 

@@ -10,7 +10,7 @@
 //! # Layout
 //!
 //! ```text
-//!  region: [ header: 64 B (sender_parked: u32) ][ states: u32 × slot_count, to 64 B ][ slots: slot_size × slot_count ]
+//!  region: [ header: 64 B (sender_parked: u64) ][ states: u32 × slot_count, to 64 B ][ slots: slot_size × slot_count ]
 //! ```
 //!
 //! # Slot state machine (one writer per transition)
@@ -28,11 +28,12 @@
 //!
 //! # Waiting for a slot
 //!
-//! A sender with every slot in flight parks like a ring producer:
-//! [`SlabSender::prepare_park`] sets `sender_parked`, fences and reclaims; a receiver
-//! releasing a slot stores `FREE`, fences, and if the flag is set clears it and calls the
-//! notifier installed with [`SlabReceiver::set_release_notifier`] (for example: write the
-//! sender's space-ready eventfd).
+//! A sender with every slot in flight parks like a ring producer (see
+//! [`ring`](super::ring#wake-ups)): [`SlabSender::prepare_park`] announces a park in
+//! `sender_parked` (written only by the sender), fences and reclaims; a receiver releasing a
+//! slot stores `FREE`, fences, and if the sender is parked and this park was not reported yet
+//! calls the notifier installed with [`SlabReceiver::set_release_notifier`] (for example:
+//! write the sender's space-ready eventfd).
 //!
 //! ```
 //! use actix_tether::shm::{slab::{SlabConfig, SlabReceiver, SlabSender}, Region};
@@ -63,7 +64,7 @@ use bytes::Bytes;
 use super::region::Region;
 use super::ring::MAX_SLOT;
 use super::ShmError;
-use crate::sync::{fence, AtomicBool, AtomicU32, Ordering, Tracked};
+use crate::sync::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering, Tracked};
 
 const FREE: u32 = 0;
 const IN_FLIGHT: u32 = 1;
@@ -110,7 +111,8 @@ const _: () = assert!(std::mem::size_of::<SlotState>() == 4);
 /// The shared header of a slab.
 #[repr(C, align(64))]
 struct SlabHeader {
-    sender_parked: AtomicU32,
+    /// `(park number << 1) | parked`, written only by the sender.
+    sender_parked: AtomicU64,
 }
 
 const HEADER_LEN: usize = std::mem::size_of::<SlabHeader>().next_multiple_of(64);
@@ -219,7 +221,7 @@ impl Slab {
                 std::ptr::write(
                     base.cast::<SlabHeader>(),
                     SlabHeader {
-                        sender_parked: AtomicU32::new(0),
+                        sender_parked: AtomicU64::new(0),
                     },
                 );
                 for i in 0..n as usize {
@@ -243,6 +245,8 @@ pub struct SlabSender {
     free: Vec<u32>,
     /// Slots published and not yet seen `FREE` again.
     in_flight: Vec<u32>,
+    /// Number of our current or last park.
+    park_seq: u64,
 }
 
 impl fmt::Debug for SlabSender {
@@ -267,6 +271,7 @@ impl SlabSender {
         Ok(SlabSender {
             free: (0..cfg.slot_count).rev().collect(),
             in_flight: Vec::new(),
+            park_seq: 0,
             slab,
         })
     }
@@ -337,26 +342,31 @@ impl SlabSender {
     /// `Ok(true)`: still no free slot, sleep until the release notifier fires, then call
     /// [`unpark`](Self::unpark). `Ok(false)`: a slot is free, the flag is cleared.
     pub fn prepare_park(&mut self) -> Result<bool, ShmError> {
-        let flag = &self.slab.header().sender_parked;
+        self.park_seq = self.park_seq.wrapping_add(1);
         // Relaxed store, ordered before the re-check by the fence.
-        flag.store(1, Ordering::Relaxed);
+        self.slab
+            .header()
+            .sender_parked
+            .store((self.park_seq << 1) | 1, Ordering::Relaxed);
         // SeqCst fence: pairs with the SeqCst fence in `SlotOwner::drop` (after its FREE
-        // store): either our reclaim sees FREE, or the receiver sees the flag.
+        // store): either our reclaim sees FREE, or the receiver sees the announcement.
         fence(Ordering::SeqCst);
         self.reclaim()?;
         if self.free.is_empty() {
             Ok(true)
         } else {
-            // Relaxed: cancels our own announcement.
-            self.slab.header().sender_parked.store(0, Ordering::Relaxed);
+            self.unpark();
             Ok(false)
         }
     }
 
-    /// Clears `sender_parked` after waking up.
+    /// Withdraws the park announcement after waking up.
     pub fn unpark(&mut self) {
-        // Relaxed: the flag carries no data.
-        self.slab.header().sender_parked.store(0, Ordering::Relaxed);
+        // Relaxed: the parked word carries no data.
+        self.slab
+            .header()
+            .sender_parked
+            .store(self.park_seq << 1, Ordering::Relaxed);
     }
 
     /// Number of slots published and not yet reclaimed.
@@ -381,6 +391,7 @@ impl SlabSender {
         self.slab.header().sender_parked.store(0, Ordering::Relaxed);
         self.in_flight.clear();
         self.free = (0..self.slab.cfg.slot_count).rev().collect();
+        self.park_seq = 0;
     }
 }
 
@@ -454,6 +465,8 @@ struct RxShared {
     /// Slots currently held by a live `Bytes` of this receiver (local memory).
     held: Box<[AtomicBool]>,
     notifier: Mutex<Option<ReleaseNotifier>>,
+    /// The last `sender_parked` word a release reported (local memory).
+    notified: AtomicU64,
 }
 
 /// The receiving end of a slab: turns slab references into zero-copy [`Bytes`]. Cheap to
@@ -482,6 +495,7 @@ impl SlabReceiver {
                     .map(|_| AtomicBool::new(false))
                     .collect(),
                 notifier: Mutex::new(None),
+                notified: AtomicU64::new(0),
                 slab,
             }),
         })
@@ -583,9 +597,10 @@ impl Drop for SlotOwner {
         st.state.store(FREE, Ordering::Release);
         // SeqCst fence: pairs with the SeqCst fence in `SlabSender::prepare_park`.
         fence(Ordering::SeqCst);
-        let flag = &shared.slab.header().sender_parked;
-        // Relaxed: the flag carries no data; the swap lets exactly one releaser notify.
-        if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Relaxed) != 0 {
+        // Relaxed: the parked word carries no data.
+        let word = shared.slab.header().sender_parked.load(Ordering::Relaxed);
+        // Relaxed swap on local memory: exactly one releaser reports each park.
+        if word & 1 == 1 && shared.notified.swap(word, Ordering::Relaxed) != word {
             let notifier = shared
                 .notifier
                 .lock()
