@@ -281,10 +281,23 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if args.iter().any(|a| a == "--ignored") {
+        // No test here is ignored.
+        return ExitCode::SUCCESS;
+    }
+    let exact = args.iter().any(|a| a == "--exact");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let mut failed = 0;
     for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+        let selected = filters.is_empty()
+            || filters.iter().any(|f| {
+                if exact {
+                    name == f.as_str()
+                } else {
+                    name.contains(f.as_str())
+                }
+            });
+        if !selected {
             continue;
         }
         eprintln!("test {name} ...");
