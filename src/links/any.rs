@@ -37,7 +37,7 @@ pub enum AnyRx {
     Stream(StreamRx<BoxRead>),
     /// See [`AnyLink::Shm`].
     #[cfg(all(unix, not(loom)))]
-    Shm(ShmRx),
+    Shm(Box<ShmRx>),
 }
 
 /// Permit of an [`AnyTx`].
@@ -90,7 +90,7 @@ impl Link for AnyLink {
             #[cfg(all(unix, not(loom)))]
             AnyLink::Shm(l) => {
                 let (t, r) = (*l).split();
-                (AnyTx::Shm(Box::new(t)), AnyRx::Shm(r))
+                (AnyTx::Shm(Box::new(t)), AnyRx::Shm(Box::new(r)))
             }
         }
     }

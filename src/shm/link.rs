@@ -98,9 +98,15 @@ pub enum IdleStrategy {
     /// Park at once: set the parked flag and await the doorbell. Lowest CPU use; every wait
     /// costs a thread wake-up (tens to hundreds of µs).
     Park,
-    /// Re-check shared memory in a tight loop for up to `spin` (capped at [`MAX_SPIN`]),
-    /// then park. The default ([`DEFAULT_SPIN`]). While spinning, the task holds its
-    /// executor thread: other tasks on that thread wait up to `spin`.
+    /// Re-check shared memory in a tight loop for a bounded time, then park. The default
+    /// (with [`DEFAULT_SPIN`]). While spinning, the task holds its executor thread: other
+    /// tasks on that thread wait up to `spin`.
+    ///
+    /// The spin adapts between `spin / 16` and `spin` (capped at [`MAX_SPIN`]): it halves
+    /// after a spin that ended in a park and doubles after one that found work. On an
+    /// oversubscribed machine (the peer cannot run while we spin, e.g. both share a core) a
+    /// fixed spin would add the whole spin time to every wait; the adaptive one falls back
+    /// to almost parking at once, and returns to full spins as soon as they pay off again.
     SpinThenPark {
         /// How long to spin before parking.
         spin: Duration,
@@ -475,7 +481,7 @@ impl ShmLink {
             },
             peer_gone: peer_gone.clone(),
             inline_max: config.inline_max,
-            idle: config.idle,
+            spinner: Spinner::new(config.idle),
             error: None,
         };
         let rx = ShmRx {
@@ -492,7 +498,7 @@ impl ShmLink {
             max_held: config
                 .max_held_slots
                 .min((params.slot_count as usize).saturating_sub(1)),
-            idle: config.idle,
+            spinner: Spinner::new(config.idle),
             done: None,
         };
         Ok(ShmLink { tx, rx })
@@ -505,6 +511,41 @@ impl Link for ShmLink {
 
     fn split(self) -> (ShmTx, ShmRx) {
         (self.tx, self.rx)
+    }
+}
+
+/// The spin budget of one link half (see [`IdleStrategy::SpinThenPark`]).
+#[derive(Debug, Clone, Copy)]
+struct Spinner {
+    idle: IdleStrategy,
+    max: Duration,
+    current: Duration,
+}
+
+impl Spinner {
+    fn new(idle: IdleStrategy) -> Spinner {
+        let max = idle.spin_time();
+        Spinner {
+            idle,
+            max,
+            current: max,
+        }
+    }
+
+    /// How long the next wait may spin.
+    fn budget(&self) -> Duration {
+        self.current
+    }
+
+    /// Adapts the budget after a spin that found work (`true`) or ended in a park.
+    fn record(&mut self, found: bool) {
+        if let IdleStrategy::SpinThenPark { .. } = self.idle {
+            self.current = if found {
+                (self.current * 2).min(self.max)
+            } else {
+                (self.current / 2).max(self.max / 16)
+            };
+        }
     }
 }
 
@@ -544,7 +585,7 @@ pub struct ShmTx {
     /// Set by either half of this side when the liveness socket reported the peer gone.
     peer_gone: Arc<AtomicBool>,
     inline_max: usize,
-    idle: IdleStrategy,
+    spinner: Spinner,
     /// Sticky error.
     error: Option<LinkError>,
 }
@@ -553,7 +594,7 @@ impl std::fmt::Debug for ShmTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmTx")
             .field("inline_max", &self.inline_max)
-            .field("idle", &self.idle)
+            .field("idle", &self.spinner.idle)
             .field("error", &self.error)
             .finish_non_exhaustive()
     }
@@ -586,7 +627,9 @@ impl ShmTx {
         if self.ready()? {
             return Ok(());
         }
-        if spin_until(self.idle.spin_time(), || self.ready())? {
+        let found = spin_until(self.spinner.budget(), || self.ready())?;
+        self.spinner.record(found);
+        if found {
             return Ok(());
         }
         loop {
@@ -779,7 +822,7 @@ pub struct ShmRx {
     control: Control,
     peer_gone: Arc<AtomicBool>,
     max_held: usize,
-    idle: IdleStrategy,
+    spinner: Spinner,
     /// Sticky outcome once the link ended.
     done: Option<Result<(), LinkError>>,
 }
@@ -788,7 +831,7 @@ impl std::fmt::Debug for ShmRx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmRx")
             .field("max_held", &self.max_held)
-            .field("idle", &self.idle)
+            .field("idle", &self.spinner.idle)
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -859,10 +902,11 @@ impl ShmRx {
             return Ok(r);
         }
         let mut found = None;
-        spin_until(self.idle.spin_time(), || {
+        let spun = spin_until(self.spinner.budget(), || {
             found = self.poll_ring()?;
             Ok(found.is_some())
         })?;
+        self.spinner.record(spun);
         if let Some(r) = found {
             return Ok(r);
         }
@@ -1165,6 +1209,34 @@ mod tests {
             });
             assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));
         });
+    }
+
+    #[test]
+    fn spin_budget_adapts_within_bounds() {
+        let max = Duration::from_micros(64);
+        let mut s = Spinner::new(IdleStrategy::SpinThenPark { spin: max });
+        assert_eq!(s.budget(), max);
+        for _ in 0..10 {
+            s.record(false);
+        }
+        assert_eq!(s.budget(), max / 16, "floor");
+        s.record(true);
+        assert_eq!(s.budget(), max / 8);
+        for _ in 0..10 {
+            s.record(true);
+        }
+        assert_eq!(s.budget(), max, "ceiling");
+
+        let mut busy = Spinner::new(IdleStrategy::BusySpin);
+        busy.record(false);
+        assert_eq!(busy.budget(), MAX_SPIN, "busy-spin does not adapt");
+        let mut park = Spinner::new(IdleStrategy::Park);
+        park.record(true);
+        assert_eq!(park.budget(), Duration::ZERO);
+        let capped = Spinner::new(IdleStrategy::SpinThenPark {
+            spin: Duration::from_secs(5),
+        });
+        assert_eq!(capped.budget(), MAX_SPIN);
     }
 
     #[test]
