@@ -125,6 +125,16 @@ fn message_count() -> u64 {
 // Child side
 
 fn child_main(role: &str) -> ExitCode {
+    if role == "bad_handoff" {
+        // The parent set a malformed handoff: attaching must fail with an error, not crash.
+        return match ShmLink::from_env(ShmConfig::default()) {
+            Err(e) => {
+                eprintln!("shm_process child (bad_handoff): refused as expected: {e}");
+                ExitCode::from(3)
+            }
+            Ok(_) => ExitCode::SUCCESS,
+        };
+    }
     let result = runtime().block_on(async {
         let link = ShmLink::from_env(ShmConfig::default()).map_err(|e| e.to_string())?;
         let (mut tx, mut rx) = link.split();
@@ -151,6 +161,13 @@ fn child_main(role: &str) -> ExitCode {
                         .map_err(|e| format!("after {seq}: {e}"))?;
                     seq += 1;
                 }
+            }
+            "sink" => {
+                // Attach, say hello, then never read: the parent's sender fills the ring.
+                send_one(&mut tx, 1, 0).await.map_err(|e| e.to_string())?;
+                std::future::pending::<()>().await;
+                drop(rx);
+                Ok(())
             }
             other => Err(format!("unknown child role {other:?}")),
         }
@@ -260,11 +277,60 @@ fn sigkill_mid_stream_ends_parent_link() {
     });
 }
 
+fn sigkill_wakes_a_blocked_reserve() {
+    let (link, child) = spawn_child("sink", 0);
+    let mut child = KillOnDrop(child);
+    runtime().block_on(async {
+        tokio::time::timeout(GUARD, async {
+            let (mut tx, mut rx) = link.split();
+            // The child is attached once its hello arrives. Keep `rx` idle from now on, so
+            // that only the sender's own wait can notice the death.
+            assert!(rx.recv().await.unwrap().is_some());
+            let mut seq = 0;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(300), send_one(&mut tx, 0, seq))
+                    .await
+                {
+                    Ok(r) => r.unwrap(),
+                    Err(_) => break, // `reserve` is parked: ring or slab full
+                }
+                seq += 1;
+                assert!(seq < 10_000_000, "reserve never waited");
+            }
+            child.0.kill().unwrap();
+            let err = send_one(&mut tx, 0, seq).await.unwrap_err();
+            assert!(matches!(err, LinkError::Closed), "unexpected error {err}");
+            drop(rx);
+        })
+        .await
+        .expect("deadlock guard: a parked reserve was not woken by the peer's death");
+    });
+}
+
+fn malformed_handoff_is_refused_by_the_child() {
+    for value in [
+        "",
+        "1 3 4",
+        "2 3 4 5 6 7 8",
+        "1 0 1 2 3 4 5",
+        "1 3 3 4 5 6 7",
+        "1 900 901 902 903 904 905",
+    ] {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD_ENV, "bad_handoff")
+            .env(actix_tether::shm::link::HANDOFF_ENV, value)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(3), "handoff {value:?}: child {status}");
+    }
+}
+
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var(CHILD_ENV) {
         return child_main(&role);
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 4] = [
         (
             "exchange_random_sizes_both_directions",
             exchange_random_sizes_both_directions,
@@ -272,6 +338,14 @@ fn main() -> ExitCode {
         (
             "sigkill_mid_stream_ends_parent_link",
             sigkill_mid_stream_ends_parent_link,
+        ),
+        (
+            "sigkill_wakes_a_blocked_reserve",
+            sigkill_wakes_a_blocked_reserve,
+        ),
+        (
+            "malformed_handoff_is_refused_by_the_child",
+            malformed_handoff_is_refused_by_the_child,
         ),
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();

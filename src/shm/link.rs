@@ -1013,7 +1013,7 @@ impl ChildHandoff {
     }
 }
 
-/// Parses [`HANDOFF_ENV`]: version 1 and six distinct open descriptors.
+/// Parses [`HANDOFF_ENV`]: version 1 and six distinct open descriptors above 2.
 fn parse_handoff(value: &str) -> Result<Vec<RawFd>, ShmError> {
     let bad = |why: &str| ShmError::BadHandoff(format!("{HANDOFF_ENV}={value:?}: {why}"));
     let mut parts = value.split(' ');
@@ -1030,8 +1030,10 @@ fn parse_handoff(value: &str) -> Result<Vec<RawFd>, ShmError> {
         return Err(bad("expected six descriptors"));
     }
     for (i, &fd) in fds.iter().enumerate() {
-        if fd < 0 || fds[..i].contains(&fd) {
-            return Err(bad("descriptor numbers must be distinct and non-negative"));
+        // Stdio is never handed off (`create_for_child` numbers everything above 2), so a
+        // handoff naming 0..=2 is malformed, and taking ownership would close stdio.
+        if fd < 3 || fds[..i].contains(&fd) {
+            return Err(bad("descriptor numbers must be distinct and above 2"));
         }
         if !fd_is_open(fd) {
             return Err(bad("a descriptor is not open in this process"));
