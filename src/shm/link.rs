@@ -652,12 +652,12 @@ impl ShmTx {
                         self.peer_gone.store(true, Ordering::Relaxed);
                     }
                 }
-                self.ring.unpark();
-                self.slab.unpark();
-            } else if !ring_room {
-                self.ring.unpark();
-            } else {
-                self.slab.unpark();
+                // Withdraw the announcement (`prepare_park` already did when it said no).
+                if ring_room {
+                    self.slab.unpark();
+                } else {
+                    self.ring.unpark();
+                }
             }
             if self.ready()? {
                 return Ok(());
@@ -919,8 +919,9 @@ impl ShmRx {
                         self.peer_gone.store(true, Ordering::Relaxed);
                     }
                 }
+                // Withdraw the announcement (`prepare_park` already did when it said no).
+                self.ring.unpark();
             }
-            self.ring.unpark();
             if let Some(r) = self.poll_ring()? {
                 return Ok(r);
             }
