@@ -1146,6 +1146,27 @@ mod tests {
     }
 
     #[test]
+    fn codec_serializes_straight_into_the_slab() {
+        use crate::codec::{Codec, Postcard};
+        rt().block_on(async {
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            let value: (String, Vec<u32>) = ("tether".into(), (0..20_000).collect());
+            crate::codec::send(&mut atx, &Postcard, &value)
+                .await
+                .unwrap();
+            let got = brx.recv().await.unwrap().unwrap();
+            assert!(
+                inside(&seg, RegionId::SlabAtoB, &got),
+                "not received in place"
+            );
+            let back: (String, Vec<u32>) = Postcard.decode(&got).unwrap();
+            assert_eq!(back, value);
+        });
+    }
+
+    #[test]
     fn dropped_receiver_fails_the_peers_reserve() {
         rt().block_on(async {
             let (a, b) = ShmLink::pair(ShmConfig::default()).unwrap();
