@@ -3,12 +3,12 @@
 //! Every atomic used by the shared-memory ring and slab comes from here. In a normal build
 //! these are the `std` types; under `--cfg loom` they are loom's model-checked types, so the
 //! very same ring and slab code is exhaustively checked by the loom models in
-//! `src/shm/loom_tests.rs`.
-//!
-//! Run the models (own target dir, so the normal `target/` is not invalidated):
+//! `src/shm/loom_tests.rs`. The models are built by the crate in `tests/loom`, which compiles
+//! this file and the ring/slab sources by path (the whole library cannot be built with
+//! `--cfg loom`: tokio configures its networking out under it):
 //!
 //! ```text
-//! CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" cargo test --release --lib shm::loom_tests
+//! cd tests/loom && RUSTFLAGS="--cfg loom" cargo test --release --lib
 //! ```
 //!
 //! Under loom, atomics are not plain integers: structures placed in shared memory are

@@ -16,8 +16,6 @@ pub mod ring;
 pub mod segment;
 pub mod slab;
 
-#[cfg(all(test, loom))]
-mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod ring_tests;
 
