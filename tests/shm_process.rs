@@ -326,11 +326,42 @@ fn malformed_handoff_is_refused_by_the_child() {
     }
 }
 
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn links_leak_no_descriptors() {
+    let rt = runtime();
+    let before = open_descriptors();
+    rt.block_on(async {
+        for _ in 0..100 {
+            let (a, b) = ShmLink::pair(ShmConfig::default()).unwrap();
+            let (mut atx, mut arx) = a.split();
+            let (mut btx, mut brx) = b.split();
+            send_one(&mut atx, 0, 1).await.unwrap();
+            send_one(&mut btx, 1, 1).await.unwrap();
+            assert!(brx.recv().await.unwrap().is_some());
+            assert!(arx.recv().await.unwrap().is_some());
+        }
+        for _ in 0..3 {
+            let (link, child) = spawn_child("exchange", 10);
+            let mut child = KillOnDrop(child);
+            let (mut tx, mut rx) = link.split();
+            send_all(&mut tx, 0, 10).await.unwrap();
+            tx.close().await.unwrap();
+            recv_all(&mut rx, 1, 10).await.unwrap();
+            drop(rx);
+            assert!(child.0.wait().unwrap().success());
+        }
+    });
+    assert_eq!(open_descriptors(), before, "descriptors leaked");
+}
+
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var(CHILD_ENV) {
         return child_main(&role);
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         (
             "exchange_random_sizes_both_directions",
             exchange_random_sizes_both_directions,
@@ -347,6 +378,7 @@ fn main() -> ExitCode {
             "malformed_handoff_is_refused_by_the_child",
             malformed_handoff_is_refused_by_the_child,
         ),
+        ("links_leak_no_descriptors", links_leak_no_descriptors),
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
