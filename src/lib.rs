@@ -10,6 +10,8 @@
 //! * [`codec`] — serde values into link messages (postcard; bincode 2 with `bincode`).
 //! * [`links`] — the [`Link`](links::Link) contract and its transports.
 //! * [`endpoint`] — `tcp://` and `unix://` addresses, `connect` and `listen`.
+//! * [`shm`] (Unix) — a zero-copy shared-memory link between threads or processes of one
+//!   host ([`shm::ShmLink`]): sealed memfd segment, SPSC rings, slab, eventfd doorbells.
 //!
 //! ```
 //! use actix_tether::{codec::{self, Codec, Postcard}, endpoint, links::{Link, LinkRx}};

@@ -1,7 +1,10 @@
 //! Shared-memory transport: regions, the SPSC ring, the zero-copy slab (plain libraries, no
-//! actix, no runtime).
+//! actix, no runtime), and on top of them the segment, the doorbells and [`ShmLink`] (which
+//! waits through tokio).
 //!
-//! See `SHM_API.md` and the module docs of [`ring`] and [`slab`].
+//! See `SHM_API.md` and the module docs of [`ring`] and [`slab`]; for the link, of
+//! [`segment`] (memfd, layout validation), [`doorbell`] (eventfds, liveness socket) and
+//! [`link`] (the [`Link`](crate::links::Link) itself, parent/child handoff).
 
 #[cfg(not(loom))]
 pub mod doorbell;
@@ -20,4 +23,6 @@ pub mod slab;
 mod ring_tests;
 
 pub use error::ShmError;
+#[cfg(not(loom))]
+pub use link::{ChildHandoff, IdleStrategy, ShmConfig, ShmLink};
 pub use region::Region;
