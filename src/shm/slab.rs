@@ -49,9 +49,9 @@
 //! // ... (index, len) travels through the ring ...
 //! let bytes = rx.take(index, len).unwrap();
 //! assert_eq!(&bytes[..], b"large");
-//! drop(bytes); // the slot is FREE again
 //! assert_eq!(tx.in_flight(), 1);
-//! assert!(tx.try_acquire().unwrap().is_some());
+//! drop(bytes); // the slot is FREE again; the sender reclaims it when it needs it
+//! assert_eq!(tx.reclaim().unwrap(), 1);
 //! assert_eq!(tx.in_flight(), 0);
 //! ```
 #![allow(unsafe_code)]
