@@ -102,11 +102,12 @@ pub enum IdleStrategy {
     /// (with [`DEFAULT_SPIN`]). While spinning, the task holds its executor thread: other
     /// tasks on that thread wait up to `spin`.
     ///
-    /// The spin adapts between `spin / 16` and `spin` (capped at [`MAX_SPIN`]): it halves
-    /// after a spin that ended in a park and doubles after one that found work. On an
-    /// oversubscribed machine (the peer cannot run while we spin, e.g. both share a core) a
-    /// fixed spin would add the whole spin time to every wait; the adaptive one falls back
-    /// to almost parking at once, and returns to full spins as soon as they pay off again.
+    /// The spin adapts between `spin / 64` and `spin` (capped at [`MAX_SPIN`]): it halves
+    /// after a spin that ended in a park and doubles after one that found work; after 64
+    /// parks in a row one wait probes with the full spin. On an oversubscribed machine (the
+    /// peer cannot run while we spin, e.g. both share a core) a fixed spin would add the
+    /// whole spin time to every wait; the adaptive one falls back to almost parking at
+    /// once, and returns to full spins when they pay off again.
     SpinThenPark {
         /// How long to spin before parking.
         spin: Duration,
@@ -520,7 +521,16 @@ struct Spinner {
     idle: IdleStrategy,
     max: Duration,
     current: Duration,
+    /// Waits in a row that ended in a park.
+    misses: u32,
 }
+
+/// After this many parks in a row, one wait spins for the full time again (a probe), so
+/// that the budget recovers when spinning starts to pay off again.
+const SPIN_PROBE_EVERY: u32 = 64;
+
+/// The adaptive spin never drops below `spin / SPIN_FLOOR_DIVISOR`.
+const SPIN_FLOOR_DIVISOR: u32 = 64;
 
 impl Spinner {
     fn new(idle: IdleStrategy) -> Spinner {
@@ -529,6 +539,7 @@ impl Spinner {
             idle,
             max,
             current: max,
+            misses: 0,
         }
     }
 
@@ -540,11 +551,17 @@ impl Spinner {
     /// Adapts the budget after a spin that found work (`true`) or ended in a park.
     fn record(&mut self, found: bool) {
         if let IdleStrategy::SpinThenPark { .. } = self.idle {
-            self.current = if found {
-                (self.current * 2).min(self.max)
+            if found {
+                self.misses = 0;
+                self.current = (self.current * 2).min(self.max);
             } else {
-                (self.current / 2).max(self.max / 16)
-            };
+                self.misses = self.misses.wrapping_add(1);
+                self.current = if self.misses % SPIN_PROBE_EVERY == 0 {
+                    self.max
+                } else {
+                    (self.current / 2).max(self.max / SPIN_FLOOR_DIVISOR)
+                };
+            }
         }
     }
 }
@@ -1243,9 +1260,24 @@ mod tests {
         for _ in 0..10 {
             s.record(false);
         }
-        assert_eq!(s.budget(), max / 16, "floor");
+        assert_eq!(s.budget(), max / 64, "floor");
+        for _ in 10..SPIN_PROBE_EVERY - 1 {
+            s.record(false);
+        }
+        assert_eq!(s.budget(), max / 64);
+        s.record(false);
+        assert_eq!(
+            s.budget(),
+            max,
+            "probe after {SPIN_PROBE_EVERY} parks in a row"
+        );
+        s.record(false);
+        assert_eq!(s.budget(), max / 2);
+        for _ in 0..10 {
+            s.record(false);
+        }
         s.record(true);
-        assert_eq!(s.budget(), max / 8);
+        assert_eq!(s.budget(), max / 32);
         for _ in 0..10 {
             s.record(true);
         }
