@@ -301,24 +301,24 @@ impl Ring {
         unsafe { ptr::write_volatile(self.data(offset).cast::<u64>(), value) }
     }
 
-    /// Under loom, records an access to the data bytes `[from, to)` (free-running counters).
+    /// Under loom, records an access to the `len` data bytes from free-running position
+    /// `from`.
     #[cfg(loom)]
-    fn track(&self, from: u64, to: u64, write: bool) {
-        let mut pos = from;
-        while pos < to {
+    fn track(&self, from: u64, len: u64, write: bool) {
+        for i in (0..len).step_by(FRAME_ALIGN) {
+            let pos = from.wrapping_add(i);
             let t = &self.header().shadow[((pos & self.mask) / 8) as usize];
             if write {
                 t.write()
             } else {
                 t.read()
             }
-            pos += 8;
         }
     }
 
     #[cfg(not(loom))]
     #[inline(always)]
-    fn track(&self, _from: u64, _to: u64, _write: bool) {}
+    fn track(&self, _from: u64, _len: u64, _write: bool) {}
 }
 
 fn footprint(len: usize) -> u64 {
@@ -567,7 +567,7 @@ impl RingProducer {
         let frame = start.wrapping_add(pad);
         ring.write_word(frame & ring.mask, header);
         let new_head = frame.wrapping_add(foot);
-        ring.track(start, start.wrapping_add(pad + foot), true);
+        ring.track(start, pad + foot, true);
         self.head = new_head;
         // Release: pairs with the consumer's Acquire load of `head` in `refresh_head`; the
         // frame header and payload written above become visible with the index.
@@ -738,7 +738,7 @@ impl RingConsumer {
             let to_end = ring.capacity - offset;
             // `avail >= 8` and `to_end >= 8`: all indices are multiples of 8, `avail != 0`,
             // and `offset < capacity`.
-            ring.track(self.tail, self.tail + FRAME_HEADER_LEN as u64, false);
+            ring.track(self.tail, FRAME_HEADER_LEN as u64, false);
             let word = ring.read_word(offset);
             let len = word as u32;
             let kind = (word >> 32) as u8 as u32;
@@ -784,7 +784,7 @@ impl RingConsumer {
             if foot > to_end {
                 return Err(bad("frame crosses the end of the ring"));
             }
-            ring.track(self.tail, self.tail + foot, false);
+            ring.track(self.tail, foot, false);
             return Ok(Some(ReadFrame {
                 consumer: self,
                 kind: frame_kind,
@@ -1088,6 +1088,28 @@ mod tests {
         assert!(send(&mut tx, &[1; 8]));
         tx.ring.write_word(0, encode(KIND_INLINE, 0, 16));
         assert!(rx.try_read().is_err());
+    }
+
+    #[test]
+    fn free_running_indices_wrap_around_u64() {
+        let region = Region::heap(ring_region_size(64));
+        init(&region, 64).unwrap();
+        let start = u64::MAX - 15; // 8-aligned, 16 bytes before the counters wrap
+        {
+            // SAFETY: test-only access to the header of a heap region, through atomics.
+            let h = unsafe { &*region.as_ptr().cast::<RingHeader>() };
+            h.head.0.store(start, Ordering::Relaxed);
+            h.tail.0.store(start, Ordering::Relaxed);
+        }
+        let mut tx = RingProducer::attach(region.clone(), 64).unwrap();
+        let mut rx = RingConsumer::attach(region, 64).unwrap();
+        for i in 0..20u8 {
+            assert!(send(&mut tx, &[i; 20]));
+            let f = rx.try_read().unwrap().unwrap();
+            assert_eq!(f.payload(), &[i; 20]);
+            let _ = f.release();
+        }
+        assert!(tx.is_drained().unwrap());
     }
 
     #[test]
