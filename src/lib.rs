@@ -13,6 +13,9 @@
 //! * [`endpoint`] — `tcp://`, `unix://` and `inproc://` addresses, `connect` and `listen`.
 //! * `actors` (feature `actors`, default) — actix actors over links: `LinkWriter`,
 //!   `LinkReader`, `Acceptor`, link events.
+//! * [`shm`] (Unix) — a zero-copy shared-memory link between threads or processes of one
+//!   host ([`shm::ShmLink`]): sealed memfd segment, SPSC rings, slab, eventfd doorbells; and
+//!   the hub bootstrap (descriptor passing).
 //!
 //! ```
 //! use actix_tether::{codec::{self, Codec, Postcard}, endpoint, links::{Link, LinkRx}};
@@ -41,6 +44,8 @@ pub mod frame;
 pub mod links;
 #[cfg(unix)]
 pub mod shm;
+#[cfg(unix)]
+mod sync;
 
 /// The README's examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use super::inproc::{InprocLink, InprocPermit, InprocRx, InprocSlot, InprocTx};
 use super::stream::{BoxRead, BoxWrite, StreamLink, StreamPermit, StreamRx, StreamSlot, StreamTx};
 use super::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
+#[cfg(all(unix, not(loom)))]
+use crate::shm::link::{ShmLink, ShmPermit, ShmRx, ShmSlot, ShmTx};
 
 /// A link of any transport.
 #[non_exhaustive]
@@ -16,6 +18,9 @@ pub enum AnyLink {
     Stream(StreamLink<BoxRead, BoxWrite>),
     /// An in-process link (`inproc://name`).
     Inproc(InprocLink),
+    /// A shared-memory link (see [`crate::shm::link`]).
+    #[cfg(all(unix, not(loom)))]
+    Shm(Box<ShmLink>),
 }
 
 /// Sending half of an [`AnyLink`].
@@ -25,6 +30,9 @@ pub enum AnyTx {
     Stream(StreamTx<BoxWrite>),
     /// See [`AnyLink::Inproc`].
     Inproc(InprocTx),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(Box<ShmTx>),
 }
 
 /// Receiving half of an [`AnyLink`].
@@ -34,6 +42,9 @@ pub enum AnyRx {
     Stream(StreamRx<BoxRead>),
     /// See [`AnyLink::Inproc`].
     Inproc(InprocRx),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(Box<ShmRx>),
 }
 
 /// Permit of an [`AnyTx`].
@@ -43,6 +54,9 @@ pub enum AnyPermit<'a> {
     Stream(StreamPermit<'a>),
     /// See [`AnyLink::Inproc`].
     Inproc(InprocPermit<'a>),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(ShmPermit<'a>),
 }
 
 /// Write slot of an [`AnyTx`].
@@ -52,6 +66,9 @@ pub enum AnySlot<'a> {
     Stream(StreamSlot<'a>),
     /// See [`AnyLink::Inproc`].
     Inproc(InprocSlot<'a>),
+    /// See [`AnyLink::Shm`].
+    #[cfg(all(unix, not(loom)))]
+    Shm(ShmSlot<'a>),
 }
 
 impl<R, W> From<StreamLink<R, W>> for AnyLink
@@ -70,6 +87,13 @@ impl From<InprocLink> for AnyLink {
     }
 }
 
+#[cfg(all(unix, not(loom)))]
+impl From<ShmLink> for AnyLink {
+    fn from(link: ShmLink) -> Self {
+        AnyLink::Shm(Box::new(link))
+    }
+}
+
 impl Link for AnyLink {
     type Tx = AnyTx;
     type Rx = AnyRx;
@@ -84,6 +108,11 @@ impl Link for AnyLink {
                 let (t, r) = l.split();
                 (AnyTx::Inproc(t), AnyRx::Inproc(r))
             }
+            #[cfg(all(unix, not(loom)))]
+            AnyLink::Shm(l) => {
+                let (t, r) = (*l).split();
+                (AnyTx::Shm(Box::new(t)), AnyRx::Shm(Box::new(r)))
+            }
         }
     }
 }
@@ -95,6 +124,8 @@ impl LinkTx for AnyTx {
         match self {
             AnyTx::Stream(t) => t.reserve().await.map(AnyPermit::Stream),
             AnyTx::Inproc(t) => t.reserve().await.map(AnyPermit::Inproc),
+            #[cfg(all(unix, not(loom)))]
+            AnyTx::Shm(t) => t.reserve().await.map(AnyPermit::Shm),
         }
     }
 
@@ -102,6 +133,8 @@ impl LinkTx for AnyTx {
         match self {
             AnyTx::Stream(t) => t.close().await,
             AnyTx::Inproc(t) => t.close().await,
+            #[cfg(all(unix, not(loom)))]
+            AnyTx::Shm(t) => (*t).close().await,
         }
     }
 }
@@ -113,6 +146,8 @@ impl<'a> Permit for AnyPermit<'a> {
         match self {
             AnyPermit::Stream(p) => p.alloc(len).map(AnySlot::Stream),
             AnyPermit::Inproc(p) => p.alloc(len).map(AnySlot::Inproc),
+            #[cfg(all(unix, not(loom)))]
+            AnyPermit::Shm(p) => p.alloc(len).map(AnySlot::Shm),
         }
     }
 }
@@ -122,6 +157,8 @@ impl WriteSlot for AnySlot<'_> {
         match self {
             AnySlot::Stream(s) => s.as_mut_slice(),
             AnySlot::Inproc(s) => s.as_mut_slice(),
+            #[cfg(all(unix, not(loom)))]
+            AnySlot::Shm(s) => s.as_mut_slice(),
         }
     }
 
@@ -129,6 +166,8 @@ impl WriteSlot for AnySlot<'_> {
         match self {
             AnySlot::Stream(s) => s.commit(),
             AnySlot::Inproc(s) => s.commit(),
+            #[cfg(all(unix, not(loom)))]
+            AnySlot::Shm(s) => s.commit(),
         }
     }
 }
@@ -138,6 +177,8 @@ impl LinkRx for AnyRx {
         match self {
             AnyRx::Stream(r) => r.recv().await,
             AnyRx::Inproc(r) => r.recv().await,
+            #[cfg(all(unix, not(loom)))]
+            AnyRx::Shm(r) => r.recv().await,
         }
     }
 }

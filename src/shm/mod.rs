@@ -1,8 +1,35 @@
-//! Shared-memory transport: the hub bootstrap (descriptor passing over a Unix
-//! `SOCK_SEQPACKET` socket) and the hub's sans-IO peer table.
+//! Shared-memory transport: regions, the SPSC ring, the zero-copy slab (plain libraries, no
+//! actix, no runtime), and on top of them the segment, the doorbells and [`ShmLink`] (which
+//! waits through tokio); the hub bootstrap (descriptor passing over a Unix `SOCK_SEQPACKET`
+//! socket) and the hub's sans-IO peer table.
+//!
+//! See `SHM_API.md` and the module docs of [`ring`] and [`slab`]; for the link, of
+//! [`segment`] (memfd, layout validation), [`doorbell`] (eventfds, liveness socket) and
+//! [`link`] (the [`Link`](crate::links::Link) itself, parent/child handoff).
 //!
 //! Modules that need `unsafe` opt in with `#![allow(unsafe_code)]` themselves.
 
 #[cfg(all(target_os = "linux", not(loom)))]
 pub mod bootstrap;
+#[cfg(not(loom))]
+pub mod doorbell;
+pub mod error;
+#[cfg(not(loom))]
+pub mod layout;
+#[cfg(not(loom))]
+pub mod link;
+#[cfg(not(loom))]
 pub mod peers;
+pub mod region;
+pub mod ring;
+#[cfg(not(loom))]
+pub mod segment;
+pub mod slab;
+
+#[cfg(all(test, not(loom)))]
+mod ring_tests;
+
+pub use error::ShmError;
+#[cfg(not(loom))]
+pub use link::{ChildHandoff, IdleStrategy, ShmConfig, ShmLink};
+pub use region::Region;

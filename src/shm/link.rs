@@ -1,0 +1,1317 @@
+//! [`ShmLink`]: a [`Link`] between two peers (threads or processes) sharing one
+//! [`Segment`].
+//!
+//! # Structure
+//!
+//! Side A (the creator) and side B each own one direction:
+//!
+//! ```text
+//!        ring A→B + slab A→B   ──►   data-ready A→B (eventfd), rung by A, waited on by B
+//!   A                                space-ready A→B (eventfd), rung by B, waited on by A   B
+//!        ring B→A + slab B→A   ◄──   (and the same pair for B→A)
+//!        liveness socketpair   ───   EOF when every descriptor of the other end is closed
+//! ```
+//!
+//! # Sending
+//!
+//! [`LinkTx::reserve`] waits until the ring has room for one inline frame of `inline_max`
+//! bytes **and** a slab slot is free, and holds both: the [`Permit`] owns a ring grant and
+//! a slot. [`Permit::alloc`] then picks: a payload of at most `inline_max` bytes is written
+//! in the ring itself (the slot goes back to the free list), a larger one (up to
+//! `slot_size`) straight into the slab slot — the codec serializes into shared memory, no
+//! copy — and the ring carries an 8-byte reference to it. Anything larger is refused with
+//! [`LinkError::TooLarge`] naming `slot_size`. Commit publishes the frame and, only if the
+//! receiver is parked, rings its data-ready doorbell.
+//!
+//! # Receiving
+//!
+//! `recv` copies an inline payload out of the ring (small; the ring space is released at
+//! once) and hands a slab payload out **zero-copy**: a [`Bytes`] over the slot, which goes
+//! back to the sender when the last clone of the `Bytes` is dropped. So that a receiver that
+//! keeps many messages alive cannot starve the sender of slots, a slab payload is copied
+//! (and its slot released at once) when `max_held_slots` zero-copy messages are already
+//! alive. `recv` is cancel-safe: a frame is consumed only within a single poll.
+//!
+//! # Waiting
+//!
+//! A half that finds nothing to do follows its [`IdleStrategy`]: it may spin (re-checking
+//! shared memory, never sleeping or yielding), then parks: it sets its parked flag in
+//! shared memory, re-checks, and awaits its doorbell through tokio's `AsyncFd` together with
+//! the liveness socket. The notifier writes the eventfd only when the flag is set, so a busy
+//! link makes no system call per message.
+//!
+//! # Closing and peer death
+//!
+//! * `close()` or dropping the [`ShmTx`] sets this direction's `producer_closed` flag in the
+//!   control region and rings the peer: the peer receives every committed message, then
+//!   `Ok(None)`. (Everything committed is already in shared memory; nothing to flush.)
+//! * Dropping the [`ShmRx`] sets `consumer_closed`: the peer's `reserve` fails with
+//!   [`LinkError::Closed`].
+//! * If the peer's process dies (or drops both halves without the flags being seen), the
+//!   liveness socket reports end-of-file at once: a waiting `recv` returns the messages
+//!   still in the ring and then [`LinkError::Io`] (`ConnectionAborted`); a waiting
+//!   `reserve` fails with [`LinkError::Closed`]. A half that is not waiting learns of the
+//!   death from its sibling half or at its next wait; a sender never waits forever on a dead
+//!   peer (once the ring or the slab is full it waits, and the wait watches the socket).
+//!
+//! # Two processes
+//!
+//! [`ShmLink::create_for_child`] returns the parent's link and a [`ChildHandoff`] that spawns
+//! the child with the segment, the four eventfds and its liveness end inherited; the child
+//! calls [`ShmLink::from_env`]. See [`ChildHandoff::spawn`] for why the descriptors are
+//! made inheritable with `pre_exec` (race-free) rather than by clearing close-on-exec in the
+//! parent.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::doorbell::{fd_is_open, Doorbell, DoorbellWaiter, Liveness};
+use super::layout::{LayoutParams, RegionId, CONTROL_LEN};
+use super::ring::{self, FrameKind, Grant, RingConsumer, RingProducer};
+use super::segment::Segment;
+use super::slab::{SlabConfig, SlabReceiver, SlabSender, SlabSlot};
+use super::{Region, ShmError};
+use crate::links::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
+
+/// The environment variable through which [`ChildHandoff::spawn`] tells the child which
+/// inherited descriptors to use. Format: `1 <segment> <data A→B> <space A→B> <data B→A>
+/// <space B→A> <liveness>` (decimal descriptor numbers, separated by spaces).
+pub const HANDOFF_ENV: &str = "ACTIX_TETHER_SHM";
+
+/// Default spin time of [`IdleStrategy::SpinThenPark`]: 50 µs, about half a thread wake-up
+/// on the machines this was measured on, and several cross-core round trips.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// Upper bound on one spin of [`IdleStrategy::BusySpin`] (and of any configured spin): 2 ms.
+pub const MAX_SPIN: Duration = Duration::from_millis(2);
+
+/// What a link half does when it has to wait (for a message, or for room to send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdleStrategy {
+    /// Park at once: set the parked flag and await the doorbell. Lowest CPU use; every wait
+    /// costs a thread wake-up (tens to hundreds of µs).
+    Park,
+    /// Re-check shared memory in a tight loop for a bounded time, then park. The default
+    /// (with [`DEFAULT_SPIN`]). While spinning, the task holds its executor thread: other
+    /// tasks on that thread wait up to `spin`.
+    ///
+    /// The spin adapts between `spin / 64` and `spin` (capped at [`MAX_SPIN`]): it halves
+    /// after a spin that ended in a park and doubles after one that found work; after 64
+    /// parks in a row one wait probes with the full spin. On an oversubscribed machine (the
+    /// peer cannot run while we spin, e.g. both share a core) a fixed spin would add the
+    /// whole spin time to every wait; the adaptive one falls back to almost parking at
+    /// once, and returns to full spins when they pay off again.
+    SpinThenPark {
+        /// How long to spin before parking.
+        spin: Duration,
+    },
+    /// Spin for up to [`MAX_SPIN`] per wait before parking — for a half that runs on a
+    /// dedicated core (its own single-threaded runtime), where burning the core buys the
+    /// lowest latency. It is still bounded: an async task must not hold an executor thread
+    /// forever, so an idle link parks after [`MAX_SPIN`] and the next message pays one
+    /// wake-up. Never use it on a shared executor thread.
+    BusySpin,
+}
+
+impl Default for IdleStrategy {
+    fn default() -> Self {
+        IdleStrategy::SpinThenPark { spin: DEFAULT_SPIN }
+    }
+}
+
+impl IdleStrategy {
+    fn spin_time(self) -> Duration {
+        match self {
+            IdleStrategy::Park => Duration::ZERO,
+            IdleStrategy::SpinThenPark { spin } => spin.min(MAX_SPIN),
+            IdleStrategy::BusySpin => MAX_SPIN,
+        }
+    }
+}
+
+/// Configuration of a [`ShmLink`].
+///
+/// The segment fields (`ring_capacity`, `slot_size`, `slot_count`) are fixed by the side
+/// that creates the segment; an attaching side reads them from the segment header and uses
+/// only its own local fields (`inline_max`, `max_held_slots`, `idle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShmConfig {
+    /// Data bytes of each ring (one per direction). A power of two from 64 B to 2 GiB.
+    /// Default 256 KiB.
+    pub ring_capacity: usize,
+    /// Largest payload sent inline in the ring, in bytes; larger payloads go to the slab.
+    /// At most `ring_capacity / 2 - 8` and at most `slot_size`. Default 4 KiB. Each
+    /// `reserve` holds `inline_max + 8` bytes of ring.
+    pub inline_max: usize,
+    /// Size of each slab slot in bytes: the largest message the link carries. A multiple of
+    /// 64, at most 2 GiB. Default 1 MiB.
+    pub slot_size: usize,
+    /// Slots per slab (one slab per direction), 1 to 65536. Default 16. With the defaults a
+    /// segment is about 33 MiB of address space; memory is used only for pages touched.
+    pub slot_count: u32,
+    /// How many zero-copy slab messages the receiver lets the application hold at once
+    /// before it copies further ones out of the slab (so that held messages never block the
+    /// sender). Default 8; values above `slot_count - 1` are clamped to it.
+    pub max_held_slots: usize,
+    /// What a waiting half does. Default [`IdleStrategy::SpinThenPark`] for
+    /// [`DEFAULT_SPIN`].
+    pub idle: IdleStrategy,
+}
+
+impl Default for ShmConfig {
+    fn default() -> Self {
+        ShmConfig {
+            ring_capacity: 256 * 1024,
+            inline_max: 4096,
+            slot_size: 1024 * 1024,
+            slot_count: 16,
+            max_held_slots: 8,
+            idle: IdleStrategy::default(),
+        }
+    }
+}
+
+impl ShmConfig {
+    fn layout_params(&self) -> LayoutParams {
+        LayoutParams {
+            ring_capacity: self.ring_capacity as u64,
+            slot_size: self.slot_size as u64,
+            slot_count: u64::from(self.slot_count),
+        }
+    }
+
+    /// Checks the local fields against the segment's parameters.
+    fn check_local(&self, params: &LayoutParams) -> Result<(), ShmError> {
+        let ring_max = ring::ring_max_inline(params.ring_capacity as usize);
+        if self.inline_max > ring_max || self.inline_max as u64 > params.slot_size {
+            return Err(ShmError::InvalidConfig(format!(
+                "inline_max {} must be at most {ring_max} (ring_capacity / 2 - 8) and at most \
+                 slot_size {}",
+                self.inline_max, params.slot_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which end of the segment a link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+
+/// Per-direction flags in the control region: `producer_closed` and `consumer_closed`, each
+/// on its own cache line; direction A→B first, then B→A.
+const DIR_CONTROL_LEN: usize = 128;
+const _: () = assert!(2 * DIR_CONTROL_LEN as u64 <= CONTROL_LEN);
+
+/// The control flags of one direction.
+#[derive(Debug, Clone)]
+struct Control {
+    region: Region,
+    dir: usize,
+}
+
+impl Control {
+    fn flag(&self, which: usize) -> &AtomicU32 {
+        let offset = self.dir * DIR_CONTROL_LEN + which * 64;
+        // SAFETY: the control region is CONTROL_LEN >= 256 bytes and 64-aligned (a Region
+        // invariant), so `offset + 4 <= len` and the pointer is 4-aligned; the memory lives
+        // as long as `self.region`; it is only ever accessed atomically (by both processes),
+        // and any bit pattern is a valid u32.
+        #[allow(unsafe_code)]
+        unsafe {
+            AtomicU32::from_ptr(self.region.as_ptr().add(offset).cast::<u32>())
+        }
+    }
+
+    fn producer_closed(&self) -> &AtomicU32 {
+        self.flag(0)
+    }
+
+    fn consumer_closed(&self) -> &AtomicU32 {
+        self.flag(1)
+    }
+}
+
+fn link_err(e: ShmError) -> LinkError {
+    match e {
+        ShmError::Corrupt(s) => LinkError::Corrupt(s),
+        ShmError::TooLarge { len, max } => LinkError::TooLarge { len, max },
+        other => LinkError::Io(Arc::new(io::Error::other(other))),
+    }
+}
+
+fn peer_died() -> LinkError {
+    LinkError::from(io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "shared-memory peer went away without closing the link",
+    ))
+}
+
+/// The four doorbells of a segment, in handoff order.
+struct Bells {
+    data_ab: Doorbell,
+    space_ab: Doorbell,
+    data_ba: Doorbell,
+    space_ba: Doorbell,
+}
+
+impl Bells {
+    fn new() -> io::Result<Bells> {
+        Ok(Bells {
+            data_ab: Doorbell::new()?,
+            space_ab: Doorbell::new()?,
+            data_ba: Doorbell::new()?,
+            space_ba: Doorbell::new()?,
+        })
+    }
+
+    fn try_clone(&self) -> io::Result<Bells> {
+        Ok(Bells {
+            data_ab: self.data_ab.try_clone()?,
+            space_ab: self.space_ab.try_clone()?,
+            data_ba: self.data_ba.try_clone()?,
+            space_ba: self.space_ba.try_clone()?,
+        })
+    }
+}
+
+/// A shared-memory link. See the [module docs](self).
+///
+/// ```
+/// use actix_tether::links::{send_bytes, Link, LinkRx};
+/// use actix_tether::shm::link::ShmLink;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (a, b) = ShmLink::pair(Default::default())?;
+/// let (mut atx, _arx) = a.split();
+/// let (_btx, mut brx) = b.split();
+/// send_bytes(&mut atx, b"hello").await?;
+/// assert_eq!(brx.recv().await?.as_deref(), Some(&b"hello"[..]));
+/// # Ok(()) }
+/// ```
+pub struct ShmLink {
+    tx: ShmTx,
+    rx: ShmRx,
+}
+
+impl std::fmt::Debug for ShmLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmLink").finish_non_exhaustive()
+    }
+}
+
+/// Creates a segment for `config` and initialises both rings.
+fn create_segment(config: &ShmConfig) -> Result<Arc<Segment>, ShmError> {
+    let params = config.layout_params();
+    config.check_local(&params)?;
+    let seg = Arc::new(Segment::create(params)?);
+    for id in [RegionId::RingAtoB, RegionId::RingBtoA] {
+        ring::init(&seg.region(id)?, config.ring_capacity)?;
+    }
+    // Each slab is initialised by its sender when it builds its link half (before it can
+    // send anything through it).
+    Ok(seg)
+}
+
+impl ShmLink {
+    /// Two connected links in this process (for threads or tasks of one process, and tests).
+    pub fn pair(config: ShmConfig) -> Result<(ShmLink, ShmLink), ShmError> {
+        ShmLink::pair_with_segment(config).map(|(a, b, _)| (a, b))
+    }
+
+    fn pair_with_segment(config: ShmConfig) -> Result<(ShmLink, ShmLink, Arc<Segment>), ShmError> {
+        let seg = create_segment(&config)?;
+        let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
+        let bells_b = bells.try_clone().map_err(super::segment::io_err("dup"))?;
+        let (live_a, live_b) = Liveness::pair().map_err(super::segment::io_err("socketpair"))?;
+        let a = ShmLink::build(seg.clone(), Side::A, bells, live_a, &config)?;
+        let b = ShmLink::build(seg.clone(), Side::B, bells_b, live_b, &config)?;
+        Ok((a, b, seg))
+    }
+
+    /// The parent's side of a link to a child process, and the [`ChildHandoff`] that spawns
+    /// the child with the other side.
+    pub fn create_for_child(config: ShmConfig) -> Result<(ShmLink, ChildHandoff), ShmError> {
+        let seg = create_segment(&config)?;
+        let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
+        let (live_a, live_b) = Liveness::pair().map_err(super::segment::io_err("socketpair"))?;
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| dup_above_stdio(fd.as_raw_fd());
+        let handoff = ChildHandoff {
+            fds: [
+                dup(seg.fd()),
+                dup(bells.data_ab.as_fd()),
+                dup(bells.space_ab.as_fd()),
+                dup(bells.data_ba.as_fd()),
+                dup(bells.space_ba.as_fd()),
+                dup_above_stdio(live_b.raw_fd()),
+            ]
+            .into_iter()
+            .collect::<io::Result<Vec<OwnedFd>>>()
+            .map_err(super::segment::io_err("dup"))?,
+        };
+        drop(live_b);
+        let link = ShmLink::build(seg, Side::A, bells, live_a, &config)?;
+        Ok((link, handoff))
+    }
+
+    /// The child's side of a link set up by [`ChildHandoff::spawn`] in the parent.
+    ///
+    /// Reads [`HANDOFF_ENV`], takes ownership of the descriptors it names (marking them
+    /// close-on-exec again), validates the segment and attaches as side B. The segment's
+    /// geometry comes from its header; of `config` only the local fields (`inline_max`,
+    /// `max_held_slots`, `idle`) are used. Succeeds at most once per process: the
+    /// descriptors are owned by the first link built from them.
+    pub fn from_env(config: ShmConfig) -> Result<ShmLink, ShmError> {
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        let var = std::env::var(HANDOFF_ENV)
+            .map_err(|_| ShmError::BadHandoff(format!("{HANDOFF_ENV} is not set")))?;
+        let fds = parse_handoff(&var)?;
+        if TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(ShmError::BadHandoff(
+                "the handed-off descriptors were already taken by this process".into(),
+            ));
+        }
+        let owned: Vec<OwnedFd> = fds
+            .iter()
+            .map(|&fd| {
+                // SAFETY: the handoff protocol transfers ownership of these descriptors to
+                // this process: they were inherited from the parent for this purpose, are
+                // open (checked by `parse_handoff`), are pairwise distinct (checked too), and
+                // are taken at most once per process (the `TAKEN` flag above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    OwnedFd::from_raw_fd(fd)
+                }
+            })
+            .collect();
+        let mut it = owned.into_iter();
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| ShmError::BadHandoff("descriptor missing".into()))
+        };
+        let seg = Arc::new(Segment::attach_fd(next()?)?);
+        let bell = |fd: OwnedFd| {
+            Doorbell::from_fd(fd).map_err(|e| ShmError::BadHandoff(format!("doorbell: {e}")))
+        };
+        let bells = Bells {
+            data_ab: bell(next()?)?,
+            space_ab: bell(next()?)?,
+            data_ba: bell(next()?)?,
+            space_ba: bell(next()?)?,
+        };
+        let live = Liveness::from_fd(next()?)
+            .map_err(|e| ShmError::BadHandoff(format!("liveness socket: {e}")))?;
+        ShmLink::build(seg, Side::B, bells, live, &config)
+    }
+
+    fn build(
+        seg: Arc<Segment>,
+        side: Side,
+        bells: Bells,
+        liveness: Liveness,
+        config: &ShmConfig,
+    ) -> Result<ShmLink, ShmError> {
+        let params = seg.layout().params();
+        config.check_local(&params)?;
+        let capacity = params.ring_capacity as usize;
+        let slab_cfg = SlabConfig {
+            slot_count: params.slot_count as u32,
+            slot_size: params.slot_size as usize,
+        };
+        let (tx_ring, rx_ring, tx_slab, rx_slab, tx_dir, rx_dir) = match side {
+            Side::A => (
+                RegionId::RingAtoB,
+                RegionId::RingBtoA,
+                RegionId::SlabAtoB,
+                RegionId::SlabBtoA,
+                0,
+                1,
+            ),
+            Side::B => (
+                RegionId::RingBtoA,
+                RegionId::RingAtoB,
+                RegionId::SlabBtoA,
+                RegionId::SlabAtoB,
+                1,
+                0,
+            ),
+        };
+        let Bells {
+            data_ab,
+            space_ab,
+            data_ba,
+            space_ba,
+        } = bells;
+        // (ring to wake the peer's receiver, wait for space) for our sending direction;
+        // (wait for data, ring to wake the peer's sender) for our receiving direction.
+        let (tx_data, tx_space, rx_data, rx_space) = match side {
+            Side::A => (data_ab, space_ab, data_ba, space_ba),
+            Side::B => (data_ba, space_ba, data_ab, space_ab),
+        };
+        let control = seg.region(RegionId::Control)?;
+        let peer_gone = Arc::new(AtomicBool::new(false));
+        let rx_space = Arc::new(rx_space);
+        let slab = SlabReceiver::attach(seg.region(rx_slab)?, slab_cfg)?;
+        let notifier = rx_space.clone();
+        slab.set_release_notifier(Arc::new(move || {
+            // A failed eventfd write cannot be reported from a drop; the sender's next wait
+            // still watches the liveness socket, so nothing hangs on it.
+            let _ = notifier.ring();
+        }));
+        let tx = ShmTx {
+            ring: RingProducer::attach(seg.region(tx_ring)?, capacity)?,
+            slab: SlabSender::init(seg.region(tx_slab)?, slab_cfg)?,
+            data_ready: tx_data,
+            space_ready: tx_space.into_waiter(),
+            liveness: liveness
+                .try_clone()
+                .map_err(super::segment::io_err("dup"))?,
+            control: Control {
+                region: control.clone(),
+                dir: tx_dir,
+            },
+            peer_gone: peer_gone.clone(),
+            inline_max: config.inline_max,
+            spinner: Spinner::new(config.idle),
+            error: None,
+        };
+        let rx = ShmRx {
+            ring: RingConsumer::attach(seg.region(rx_ring)?, capacity)?,
+            slab,
+            data_ready: rx_data.into_waiter(),
+            space_ready: rx_space,
+            liveness,
+            control: Control {
+                region: control,
+                dir: rx_dir,
+            },
+            peer_gone,
+            max_held: config
+                .max_held_slots
+                .min((params.slot_count as usize).saturating_sub(1)),
+            spinner: Spinner::new(config.idle),
+            done: None,
+        };
+        Ok(ShmLink { tx, rx })
+    }
+}
+
+impl Link for ShmLink {
+    type Tx = ShmTx;
+    type Rx = ShmRx;
+
+    fn split(self) -> (ShmTx, ShmRx) {
+        (self.tx, self.rx)
+    }
+}
+
+/// The spin budget of one link half (see [`IdleStrategy::SpinThenPark`]).
+#[derive(Debug, Clone, Copy)]
+struct Spinner {
+    idle: IdleStrategy,
+    max: Duration,
+    current: Duration,
+    /// Waits in a row that ended in a park.
+    misses: u32,
+}
+
+/// After this many parks in a row, one wait spins for the full time again (a probe), so
+/// that the budget recovers when spinning starts to pay off again.
+const SPIN_PROBE_EVERY: u32 = 64;
+
+/// The adaptive spin never drops below `spin / SPIN_FLOOR_DIVISOR`.
+const SPIN_FLOOR_DIVISOR: u32 = 64;
+
+impl Spinner {
+    fn new(idle: IdleStrategy) -> Spinner {
+        let max = idle.spin_time();
+        Spinner {
+            idle,
+            max,
+            current: max,
+            misses: 0,
+        }
+    }
+
+    /// How long the next wait may spin.
+    fn budget(&self) -> Duration {
+        self.current
+    }
+
+    /// Adapts the budget after a spin that found work (`true`) or ended in a park.
+    fn record(&mut self, found: bool) {
+        if let IdleStrategy::SpinThenPark { .. } = self.idle {
+            if found {
+                self.misses = 0;
+                self.current = (self.current * 2).min(self.max);
+            } else {
+                self.misses = self.misses.wrapping_add(1);
+                self.current = if self.misses % SPIN_PROBE_EVERY == 0 {
+                    self.max
+                } else {
+                    (self.current / 2).max(self.max / SPIN_FLOOR_DIVISOR)
+                };
+            }
+        }
+    }
+}
+
+/// Re-checks shared memory in a tight, bounded loop (no sleep, no yield): `Ok(true)` as soon
+/// as `check` reports progress, `Ok(false)` once `spin` has elapsed without it.
+fn spin_until(
+    spin: Duration,
+    mut check: impl FnMut() -> Result<bool, LinkError>,
+) -> Result<bool, LinkError> {
+    if spin.is_zero() {
+        return Ok(false);
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..32 {
+            if check()? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= spin {
+            return Ok(false);
+        }
+    }
+}
+
+/// Sending half of a [`ShmLink`].
+pub struct ShmTx {
+    ring: RingProducer,
+    slab: SlabSender,
+    /// Rung (only when the receiver is parked) after a commit.
+    data_ready: Doorbell,
+    /// Awaited when there is no room.
+    space_ready: DoorbellWaiter,
+    liveness: Liveness,
+    control: Control,
+    /// Set by either half of this side when the liveness socket reported the peer gone.
+    peer_gone: Arc<AtomicBool>,
+    inline_max: usize,
+    spinner: Spinner,
+    /// Sticky error.
+    error: Option<LinkError>,
+}
+
+impl std::fmt::Debug for ShmTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmTx")
+            .field("inline_max", &self.inline_max)
+            .field("idle", &self.spinner.idle)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShmTx {
+    /// Whether a frame grant and a slot are both available now (takes neither).
+    fn ready(&mut self) -> Result<bool, LinkError> {
+        // Acquire: pairs with the Release store in `ShmRx::drop`; nothing is read after it,
+        // but it keeps the check ordered before our own later loads of the ring.
+        if self.control.consumer_closed().load(Ordering::Acquire) != 0 {
+            return Err(LinkError::Closed);
+        }
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return Err(LinkError::Closed);
+        }
+        if self
+            .ring
+            .try_grant(self.inline_max)
+            .map_err(link_err)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        Ok(self.slab.try_acquire().map_err(link_err)?.is_some())
+    }
+
+    /// Waits until [`ready`](Self::ready).
+    async fn wait_ready(&mut self) -> Result<(), LinkError> {
+        if self.ready()? {
+            return Ok(());
+        }
+        let found = spin_until(self.spinner.budget(), || self.ready())?;
+        self.spinner.record(found);
+        if found {
+            return Ok(());
+        }
+        loop {
+            // Announce the park on whichever resource is missing, then re-check.
+            let ring_room = self
+                .ring
+                .try_grant(self.inline_max)
+                .map_err(link_err)?
+                .is_some();
+            let sleep = if !ring_room {
+                self.ring.prepare_park(self.inline_max).map_err(link_err)?
+            } else {
+                self.slab.prepare_park().map_err(link_err)?
+            };
+            if sleep {
+                tokio::select! {
+                    r = self.space_ready.wait() => r?,
+                    r = self.liveness.gone() => {
+                        r?;
+                        self.peer_gone.store(true, Ordering::Relaxed);
+                    }
+                }
+                // Withdraw the announcement (`prepare_park` already did when it said no).
+                if ring_room {
+                    self.slab.unpark();
+                } else {
+                    self.ring.unpark();
+                }
+            }
+            if self.ready()? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for ShmTx {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire load in `ShmRx::recv_inner`, so every frame
+        // committed before is visible to the consumer once it sees the flag.
+        self.control.producer_closed().store(1, Ordering::Release);
+        let _ = self.data_ready.ring();
+    }
+}
+
+impl LinkTx for ShmTx {
+    type Permit<'a> = ShmPermit<'a>;
+
+    async fn reserve(&mut self) -> Result<ShmPermit<'_>, LinkError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if let Err(e) = self.wait_ready().await {
+            self.error = Some(e.clone());
+            return Err(e);
+        }
+        let ShmTx {
+            ring,
+            slab,
+            data_ready,
+            inline_max,
+            error,
+            ..
+        } = self;
+        // Only this half consumes ring space and slots, so what `ready` saw is still there.
+        let gone = || LinkError::Corrupt("ring room or slab slot vanished after check".into());
+        let grant = match ring.try_grant(*inline_max) {
+            Ok(Some(g)) => g,
+            Ok(None) => return Err(gone()),
+            Err(e) => return Err(link_err(e)),
+        };
+        let slot = match slab.try_acquire() {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(gone()),
+            Err(e) => return Err(link_err(e)),
+        };
+        Ok(ShmPermit {
+            grant,
+            slot,
+            inline_max: *inline_max,
+            data_ready,
+            error,
+        })
+    }
+
+    async fn close(mut self) -> Result<(), LinkError> {
+        // Dropping `self` publishes the close; committed frames are already in shared memory.
+        match self.error.take() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// A reservation on a [`ShmTx`]: ring room for one inline frame and one slab slot.
+pub struct ShmPermit<'a> {
+    grant: Grant<'a>,
+    slot: SlabSlot<'a>,
+    inline_max: usize,
+    data_ready: &'a Doorbell,
+    error: &'a mut Option<LinkError>,
+}
+
+impl<'a> Permit for ShmPermit<'a> {
+    type Slot = ShmSlot<'a>;
+
+    fn alloc(self, len: usize) -> Result<ShmSlot<'a>, LinkError> {
+        let ShmPermit {
+            grant,
+            mut slot,
+            inline_max,
+            data_ready,
+            error,
+        } = self;
+        let body = if len <= inline_max {
+            drop(slot);
+            Body::Inline(grant)
+        } else {
+            let max = slot.as_mut_slice().len().max(inline_max);
+            if len > slot.as_mut_slice().len() {
+                return Err(LinkError::TooLarge { len, max });
+            }
+            Body::Slab(grant, slot)
+        };
+        Ok(ShmSlot {
+            body,
+            len,
+            data_ready,
+            error,
+        })
+    }
+}
+
+enum Body<'a> {
+    Inline(Grant<'a>),
+    Slab(Grant<'a>, SlabSlot<'a>),
+}
+
+/// A message being written into a [`ShmLink`]: ring memory (inline) or a slab slot.
+pub struct ShmSlot<'a> {
+    body: Body<'a>,
+    len: usize,
+    data_ready: &'a Doorbell,
+    error: &'a mut Option<LinkError>,
+}
+
+impl WriteSlot for ShmSlot<'_> {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.len;
+        match &mut self.body {
+            Body::Inline(g) => &mut g.as_mut_slice()[..len],
+            Body::Slab(_, s) => &mut s.as_mut_slice()[..len],
+        }
+    }
+
+    fn commit(self) {
+        let ShmSlot {
+            body,
+            len,
+            data_ready,
+            error,
+        } = self;
+        let wake = match body {
+            Body::Inline(g) => g.commit_inline(len),
+            Body::Slab(g, s) => s
+                .publish(len)
+                .and_then(|(slot, len)| g.commit_slab(slot, len)),
+        };
+        let outcome = match wake {
+            Ok(w) if w.is_needed() => data_ready.ring().map_err(LinkError::from),
+            Ok(_) => Ok(()),
+            Err(e) => Err(link_err(e)),
+        };
+        if let Err(e) = outcome {
+            error.get_or_insert(e);
+        }
+    }
+}
+
+/// Receiving half of a [`ShmLink`].
+pub struct ShmRx {
+    ring: RingConsumer,
+    slab: SlabReceiver,
+    /// Awaited when the ring is empty.
+    data_ready: DoorbellWaiter,
+    /// Rung (only when the sender is parked) after a release; shared with the slab's
+    /// release notifier.
+    space_ready: Arc<Doorbell>,
+    liveness: Liveness,
+    control: Control,
+    peer_gone: Arc<AtomicBool>,
+    max_held: usize,
+    spinner: Spinner,
+    /// Sticky outcome once the link ended.
+    done: Option<Result<(), LinkError>>,
+}
+
+impl std::fmt::Debug for ShmRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmRx")
+            .field("max_held", &self.max_held)
+            .field("idle", &self.spinner.idle)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One attempt at taking a frame.
+enum Taken {
+    Message(Bytes),
+    Close,
+    Empty,
+}
+
+impl ShmRx {
+    fn try_take(&mut self) -> Result<Taken, LinkError> {
+        let Some(frame) = self.ring.try_read().map_err(link_err)? else {
+            return Ok(Taken::Empty);
+        };
+        let (taken, wake) = match frame.kind() {
+            FrameKind::Inline => {
+                let msg = Bytes::copy_from_slice(frame.payload());
+                (Taken::Message(msg), frame.release())
+            }
+            FrameKind::Slab { slot } => {
+                let len = u32::try_from(frame.len()).map_err(|_| {
+                    LinkError::Corrupt(format!("slab payload length {} too large", frame.len()))
+                })?;
+                let msg = self.slab.take(slot, len).map_err(link_err)?;
+                let wake = frame.release();
+                let msg = if self.slab.held() > self.max_held {
+                    // Too many zero-copy messages alive: copy this one, freeing its slot.
+                    Bytes::copy_from_slice(&msg)
+                } else {
+                    msg
+                };
+                (Taken::Message(msg), wake)
+            }
+            FrameKind::Close => (Taken::Close, frame.release()),
+        };
+        if wake.is_needed() {
+            self.space_ready.ring()?;
+        }
+        Ok(taken)
+    }
+
+    /// A message if one is there, `None` at a clean end, or keeps looking.
+    fn poll_ring(&mut self) -> Result<Option<Option<Bytes>>, LinkError> {
+        match self.try_take()? {
+            Taken::Message(m) => return Ok(Some(Some(m))),
+            Taken::Close => return Ok(Some(None)),
+            Taken::Empty => {}
+        }
+        // Acquire: pairs with the Release store in `ShmTx::drop`: every frame committed
+        // before the close is visible now, so an empty ring after this load means the end.
+        if self.control.producer_closed().load(Ordering::Acquire) != 0 {
+            return match self.try_take()? {
+                Taken::Message(m) => Ok(Some(Some(m))),
+                Taken::Close | Taken::Empty => Ok(Some(None)),
+            };
+        }
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return Err(peer_died());
+        }
+        Ok(None)
+    }
+
+    async fn recv_inner(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if let Some(r) = self.poll_ring()? {
+            return Ok(r);
+        }
+        let mut found = None;
+        let spun = spin_until(self.spinner.budget(), || {
+            found = self.poll_ring()?;
+            Ok(found.is_some())
+        })?;
+        self.spinner.record(spun);
+        if let Some(r) = found {
+            return Ok(r);
+        }
+        loop {
+            if self.ring.prepare_park().map_err(link_err)? {
+                tokio::select! {
+                    r = self.data_ready.wait() => r?,
+                    r = self.liveness.gone() => {
+                        r?;
+                        self.peer_gone.store(true, Ordering::Relaxed);
+                    }
+                }
+                // Withdraw the announcement (`prepare_park` already did when it said no).
+                self.ring.unpark();
+            }
+            if let Some(r) = self.poll_ring()? {
+                return Ok(r);
+            }
+        }
+    }
+}
+
+impl Drop for ShmRx {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire load in `ShmTx::ready`.
+        self.control.consumer_closed().store(1, Ordering::Release);
+        let _ = self.space_ready.ring();
+    }
+}
+
+impl LinkRx for ShmRx {
+    async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if let Some(done) = &self.done {
+            return done.clone().map(|()| None);
+        }
+        match self.recv_inner().await {
+            Ok(Some(m)) => Ok(Some(m)),
+            Ok(None) => {
+                self.done = Some(Ok(()));
+                Ok(None)
+            }
+            Err(e) => {
+                self.done = Some(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The child's half of a link made by [`ShmLink::create_for_child`]: the descriptors the
+/// child inherits. Use [`ChildHandoff::spawn`].
+#[derive(Debug)]
+pub struct ChildHandoff {
+    /// Segment, data A→B, space A→B, data B→A, space B→A, liveness end B. All close-on-exec
+    /// and numbered above 2.
+    fds: Vec<OwnedFd>,
+}
+
+impl ChildHandoff {
+    /// Spawns `command` as the child, handing it the link: sets [`HANDOFF_ENV`] and makes
+    /// exactly these descriptors inheritable by exactly this child. The child calls
+    /// [`ShmLink::from_env`]. The parent's copies are closed when this returns, so the
+    /// parent's liveness socket reports the child's death.
+    ///
+    /// # How the descriptors are inherited
+    ///
+    /// They stay close-on-exec in the parent at all times; close-on-exec is cleared in the
+    /// forked child only, just before `exec` (a `pre_exec` hook doing nothing but
+    /// `fcntl(F_SETFD)`, which is async-signal-safe). The simpler alternative — clearing
+    /// close-on-exec on a dup in the parent and closing it after `spawn` — would let any
+    /// process spawned concurrently by another thread inherit the child's liveness end and
+    /// keep it open, so the death of our child would go unnoticed. (A `pre_exec` hook makes
+    /// std use `fork` + `exec` instead of `posix_spawn`; that costs nothing that matters
+    /// here.) `command` is taken by value so the hook cannot run again in a later spawn.
+    pub fn spawn(self, mut command: Command) -> io::Result<Child> {
+        let raw: Vec<RawFd> = self.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let mut value = String::from("1");
+        for fd in &raw {
+            value.push(' ');
+            value.push_str(&fd.to_string());
+        }
+        command.env(HANDOFF_ENV, value);
+        let hook = move || {
+            for &fd in &raw {
+                // SAFETY: fcntl(F_SETFD) is async-signal-safe and touches no memory; `fd` is
+                // open in the forked child (inherited from the parent, where `self.fds`
+                // keeps it open until after `spawn` returns).
+                #[allow(unsafe_code)]
+                let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls fcntl, which is async-signal-safe, allocates nothing
+        // and takes no lock, as required between fork and exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, hook);
+        }
+        let child = command.spawn();
+        drop(self);
+        child
+    }
+}
+
+/// Parses [`HANDOFF_ENV`]: version 1 and six distinct open descriptors above 2.
+fn parse_handoff(value: &str) -> Result<Vec<RawFd>, ShmError> {
+    let bad = |why: &str| ShmError::BadHandoff(format!("{HANDOFF_ENV}={value:?}: {why}"));
+    let mut parts = value.split(' ');
+    if parts.next() != Some("1") {
+        return Err(bad("unsupported version"));
+    }
+    let fds = parts
+        .map(|p| {
+            p.parse::<RawFd>()
+                .map_err(|_| bad("not a descriptor number"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if fds.len() != 6 {
+        return Err(bad("expected six descriptors"));
+    }
+    for (i, &fd) in fds.iter().enumerate() {
+        // Stdio is never handed off (`create_for_child` numbers everything above 2), so a
+        // handoff naming 0..=2 is malformed, and taking ownership would close stdio.
+        if fd < 3 || fds[..i].contains(&fd) {
+            return Err(bad("descriptor numbers must be distinct and above 2"));
+        }
+        if !fd_is_open(fd) {
+            return Err(bad("a descriptor is not open in this process"));
+        }
+    }
+    Ok(fds)
+}
+
+/// `dup` of `fd` numbered 3 or above (so that the child's stdio setup cannot clobber it),
+/// close-on-exec.
+fn dup_above_stdio(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer argument and touches no memory.
+    #[allow(unsafe_code)]
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by fcntl(F_DUPFD_CLOEXEC): open and owned by nobody.
+    #[allow(unsafe_code)]
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_parsing_rejects_garbage() {
+        for v in [
+            "",
+            "2 3 4 5 6 7 8",
+            "1 3 4",
+            "1 a b c d e f",
+            "1 3 3 4 5 6 7",
+            "1 -1 3 4 5 6 7",
+        ] {
+            assert!(
+                matches!(parse_handoff(v), Err(ShmError::BadHandoff(_))),
+                "{v:?}"
+            );
+        }
+        // Well-formed but not open here.
+        assert!(parse_handoff("1 100000 100001 100002 100003 100004 100005").is_err());
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Whether `b` points into region `id` of `seg`.
+    fn inside(seg: &Arc<Segment>, id: RegionId, b: &[u8]) -> bool {
+        let r = seg.region(id).unwrap();
+        let start = r.as_ptr() as usize;
+        let p = b.as_ptr() as usize;
+        p >= start && p + b.len() <= start + r.len()
+    }
+
+    async fn send(tx: &mut ShmTx, payload: &[u8]) -> Result<(), LinkError> {
+        crate::links::send_bytes(tx, payload).await
+    }
+
+    #[test]
+    fn slab_payloads_are_zero_copy_until_too_many_are_held() {
+        rt().block_on(async {
+            let config = ShmConfig {
+                slot_count: 4,
+                max_held_slots: 2,
+                ..ShmConfig::default()
+            };
+            let (a, b, seg) = ShmLink::pair_with_segment(config).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            let big = vec![5u8; 10_000];
+            send(&mut atx, b"small").await.unwrap();
+            let small = brx.recv().await.unwrap().unwrap();
+            assert!(
+                !inside(&seg, RegionId::RingAtoB, &small),
+                "inline payloads are copied"
+            );
+
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                send(&mut atx, &big).await.unwrap();
+                let m = brx.recv().await.unwrap().unwrap();
+                assert_eq!(m[..], big[..]);
+                assert!(
+                    inside(&seg, RegionId::SlabAtoB, &m),
+                    "slab payload was copied"
+                );
+                held.push(m);
+            }
+            // A third one while two are held: copied, and its slot is free again at once.
+            send(&mut atx, &big).await.unwrap();
+            let m = brx.recv().await.unwrap().unwrap();
+            assert_eq!(m[..], big[..]);
+            assert!(!inside(&seg, RegionId::SlabAtoB, &m));
+            // The sender can still use every slot not held: 4 slots, 2 held.
+            for _ in 0..2 {
+                send(&mut atx, &big).await.unwrap();
+            }
+            drop(held);
+            for _ in 0..2 {
+                assert_eq!(brx.recv().await.unwrap().unwrap()[..], big[..]);
+            }
+        });
+    }
+
+    #[test]
+    fn codec_serializes_straight_into_the_slab() {
+        use crate::codec::{Codec, Postcard};
+        rt().block_on(async {
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            let value: (String, Vec<u32>) = ("tether".into(), (0..20_000).collect());
+            crate::codec::send(&mut atx, &Postcard, &value)
+                .await
+                .unwrap();
+            let got = brx.recv().await.unwrap().unwrap();
+            assert!(
+                inside(&seg, RegionId::SlabAtoB, &got),
+                "not received in place"
+            );
+            let back: (String, Vec<u32>) = Postcard.decode(&got).unwrap();
+            assert_eq!(back, value);
+        });
+    }
+
+    #[test]
+    fn dropped_receiver_fails_the_peers_reserve() {
+        rt().block_on(async {
+            let (a, b) = ShmLink::pair(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, brx) = b.split();
+            send(&mut atx, b"one").await.unwrap();
+            drop(brx);
+            assert!(matches!(
+                send(&mut atx, b"two").await,
+                Err(LinkError::Closed)
+            ));
+            assert!(matches!(
+                send(&mut atx, b"two").await,
+                Err(LinkError::Closed)
+            ));
+        });
+    }
+
+    /// Rewrites the u64 at byte `offset` of region `id`, as a hostile peer would.
+    fn scribble(seg: &Arc<Segment>, id: RegionId, offset: usize, f: impl Fn(u64) -> u64) {
+        let r = seg.region(id).unwrap();
+        assert!(offset + 8 <= r.len() && offset % 8 == 0);
+        // SAFETY: in bounds and 8-aligned (checked above; regions are 64-aligned); the
+        // ring's own accesses to this word are atomic or volatile, and this racy write is
+        // exactly the hostile-peer scenario the ring must survive.
+        #[allow(unsafe_code)]
+        unsafe {
+            let p = r.as_ptr().add(offset).cast::<u64>();
+            std::ptr::write_volatile(p, f(std::ptr::read_volatile(p)))
+        };
+    }
+
+    #[test]
+    fn corrupt_ring_fails_the_link_without_panic() {
+        rt().block_on(async {
+            // A head index that is not 8-aligned.
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (_atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            scribble(&seg, RegionId::RingAtoB, 0, |_| 12_345);
+            let e = brx.recv().await.unwrap_err();
+            assert!(matches!(e, LinkError::Corrupt(_)), "{e}");
+            assert!(
+                matches!(brx.recv().await, Err(LinkError::Corrupt(_))),
+                "not sticky"
+            );
+
+            // A frame header with an unknown kind, published by a valid head.
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            send(&mut atx, b"12345678").await.unwrap();
+            scribble(&seg, RegionId::RingAtoB, 256, |h| h | (0x77 << 32));
+            assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));
+
+            // A slab reference to a slot that does not exist.
+            let (a, b, seg) = ShmLink::pair_with_segment(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            send(&mut atx, &[1u8; 10_000]).await.unwrap();
+            // Frame header: len (bits 0..32) | kind (32..40) | slot (40..64).
+            scribble(&seg, RegionId::RingAtoB, 256, |h| {
+                (h & ((1 << 40) - 1)) | (999 << 40)
+            });
+            assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));
+        });
+    }
+
+    #[test]
+    fn spin_budget_adapts_within_bounds() {
+        let max = Duration::from_micros(64);
+        let mut s = Spinner::new(IdleStrategy::SpinThenPark { spin: max });
+        assert_eq!(s.budget(), max);
+        for _ in 0..10 {
+            s.record(false);
+        }
+        assert_eq!(s.budget(), max / 64, "floor");
+        for _ in 10..SPIN_PROBE_EVERY - 1 {
+            s.record(false);
+        }
+        assert_eq!(s.budget(), max / 64);
+        s.record(false);
+        assert_eq!(
+            s.budget(),
+            max,
+            "probe after {SPIN_PROBE_EVERY} parks in a row"
+        );
+        s.record(false);
+        assert_eq!(s.budget(), max / 2);
+        for _ in 0..10 {
+            s.record(false);
+        }
+        s.record(true);
+        assert_eq!(s.budget(), max / 32);
+        for _ in 0..10 {
+            s.record(true);
+        }
+        assert_eq!(s.budget(), max, "ceiling");
+
+        let mut busy = Spinner::new(IdleStrategy::BusySpin);
+        busy.record(false);
+        assert_eq!(busy.budget(), MAX_SPIN, "busy-spin does not adapt");
+        let mut park = Spinner::new(IdleStrategy::Park);
+        park.record(true);
+        assert_eq!(park.budget(), Duration::ZERO);
+        let capped = Spinner::new(IdleStrategy::SpinThenPark {
+            spin: Duration::from_secs(5),
+        });
+        assert_eq!(capped.budget(), MAX_SPIN);
+    }
+
+    #[test]
+    fn bad_local_config_is_refused() {
+        let config = ShmConfig {
+            inline_max: 1 << 30,
+            ..ShmConfig::default()
+        };
+        assert!(matches!(
+            ShmLink::pair(config),
+            Err(ShmError::InvalidConfig(_))
+        ));
+        let config = ShmConfig {
+            ring_capacity: 1000,
+            ..ShmConfig::default()
+        };
+        assert!(matches!(
+            ShmLink::pair(config),
+            Err(ShmError::InvalidConfig(_))
+        ));
+    }
+}

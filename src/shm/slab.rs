@@ -1,0 +1,767 @@
+//! A slab of fixed-size slots in shared memory for payloads too large to go inline in a ring.
+//!
+//! One slab per direction, **owned by the sender**: the sender picks free slots from a
+//! sender-local free list (no cross-process allocator, no CAS, no ABA), writes the payload
+//! straight into the slot, marks it in flight and sends a slab reference through the ring
+//! ([`Grant::commit_slab`](super::ring::Grant::commit_slab)). The receiver turns the reference
+//! into a zero-copy [`Bytes`] ([`SlabReceiver::take`]); when the last clone of that `Bytes`
+//! is dropped, the slot is handed back through its state word.
+//!
+//! # Layout
+//!
+//! ```text
+//!  region: [ header: 64 B (sender_parked: u64) ][ states: u32 × slot_count, to 64 B ][ slots: slot_size × slot_count ]
+//! ```
+//!
+//! # Slot state machine (one writer per transition)
+//!
+//! ```text
+//!   FREE ──sender: SlabSlot::publish (then ring commit)──► IN_FLIGHT
+//!   IN_FLIGHT ──receiver: last Bytes dropped──► FREE
+//!   FREE ──sender: reclaim into its local free list──► (acquired, local only)
+//!   any ──sender: reset (peer gone)──► FREE
+//! ```
+//!
+//! The receiver validates every reference: slot number below the slot count, length within
+//! the slot size, state `IN_FLIGHT`, and not already held by a live `Bytes` of this receiver
+//! (a slot sent twice). Anything else is [`ShmError::Corrupt`].
+//!
+//! # Waiting for a slot
+//!
+//! A sender with every slot in flight parks like a ring producer (see
+//! [`ring`](super::ring#wake-ups)): [`SlabSender::prepare_park`] announces a park in
+//! `sender_parked` (written only by the sender), fences and reclaims; a receiver releasing a
+//! slot stores `FREE`, fences, and if the sender is parked and this park was not reported yet
+//! calls the notifier installed with [`SlabReceiver::set_release_notifier`] (for example:
+//! write the sender's space-ready eventfd).
+//!
+//! ```
+//! use actix_tether::shm::{slab::{SlabConfig, SlabReceiver, SlabSender}, Region};
+//!
+//! let cfg = SlabConfig { slot_count: 4, slot_size: 4096 };
+//! let region = Region::heap(cfg.region_size());
+//! let mut tx = SlabSender::init(region.clone(), cfg).unwrap();
+//! let rx = SlabReceiver::attach(region, cfg).unwrap();
+//!
+//! let mut slot = tx.try_acquire().unwrap().expect("a free slot");
+//! slot.as_mut_slice()[..5].copy_from_slice(b"large");
+//! let (index, len) = slot.publish(5).unwrap();
+//! // ... (index, len) travels through the ring ...
+//! let bytes = rx.take(index, len).unwrap();
+//! assert_eq!(&bytes[..], b"large");
+//! assert_eq!(tx.in_flight(), 1);
+//! drop(bytes); // the slot is FREE again; the sender reclaims it when it needs it
+//! assert_eq!(tx.reclaim().unwrap(), 1);
+//! assert_eq!(tx.in_flight(), 0);
+//! ```
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::region::Region;
+use super::ring::MAX_SLOT;
+use super::ShmError;
+use crate::sync::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering, Tracked};
+
+const FREE: u32 = 0;
+const IN_FLIGHT: u32 = 1;
+
+/// Alignment and granularity of slot sizes in bytes.
+pub const SLOT_ALIGN: usize = 64;
+/// Largest slot size in bytes (2 GiB; lengths travel as `u32`).
+pub const MAX_SLOT_SIZE: usize = 1 << 31;
+
+/// Geometry of a slab.
+///
+/// Bounds: `slot_count` in `1 ..= 2^24`, `slot_size` a multiple of 64 in `64 ..= 2 GiB`.
+/// The largest payload the slab carries is `slot_size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlabConfig {
+    /// Number of slots. Bounds the number of large messages in flight (sent and not yet
+    /// dropped by the receiver).
+    pub slot_count: u32,
+    /// Size of one slot in bytes: the largest payload sent through the slab.
+    pub slot_size: usize,
+}
+
+impl Default for SlabConfig {
+    /// 32 slots of 1 MiB.
+    fn default() -> Self {
+        SlabConfig {
+            slot_count: 32,
+            slot_size: 1 << 20,
+        }
+    }
+}
+
+/// Per-slot shared state.
+#[repr(C)]
+struct SlotState {
+    state: AtomicU32,
+    /// Under loom, tracks accesses to the slot's bytes.
+    shadow: Tracked,
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<SlotState>() == 4);
+
+/// The shared header of a slab.
+#[repr(C, align(64))]
+struct SlabHeader {
+    /// `(park number << 1) | parked`, written only by the sender.
+    sender_parked: AtomicU64,
+}
+
+const HEADER_LEN: usize = std::mem::size_of::<SlabHeader>().next_multiple_of(64);
+
+impl SlabConfig {
+    /// Bytes of region this slab needs (saturating: an absurd configuration yields a size no
+    /// region has). The region must be aligned to [`REGION_ALIGN`](super::region::REGION_ALIGN).
+    pub const fn region_size(&self) -> usize {
+        HEADER_LEN
+            .saturating_add(self.states_len())
+            .saturating_add((self.slot_count as usize).saturating_mul(self.slot_size))
+    }
+
+    const fn states_len(&self) -> usize {
+        let n = (self.slot_count as usize).saturating_mul(std::mem::size_of::<SlotState>());
+        n.saturating_add(63) / 64 * 64
+    }
+
+    /// Checks the documented bounds.
+    pub fn validate(&self) -> Result<(), ShmError> {
+        if self.slot_count == 0 || self.slot_count > MAX_SLOT + 1 {
+            return Err(ShmError::InvalidConfig(format!(
+                "slab slot count {} must be between 1 and {}",
+                self.slot_count,
+                MAX_SLOT + 1
+            )));
+        }
+        if self.slot_size == 0 || self.slot_size % SLOT_ALIGN != 0 || self.slot_size > MAX_SLOT_SIZE
+        {
+            return Err(ShmError::InvalidConfig(format!(
+                "slab slot size {} must be a multiple of {SLOT_ALIGN} between {SLOT_ALIGN} and \
+                 {MAX_SLOT_SIZE} bytes",
+                self.slot_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The validated slab memory shared by the sender, the receiver and received `Bytes`.
+struct Slab {
+    region: Region,
+    cfg: SlabConfig,
+}
+
+impl Slab {
+    fn new(region: Region, cfg: SlabConfig) -> Result<Slab, ShmError> {
+        cfg.validate()?;
+        region.require(cfg.region_size())?;
+        Ok(Slab { region, cfg })
+    }
+
+    fn header(&self) -> &SlabHeader {
+        // SAFETY: the region holds `region_size()` bytes (checked in `new`), is 64-aligned,
+        // and lives as long as `self`; the header is initialised by `SlabSender::init`
+        // (under loom) or is a plain integer valid for any bit pattern. Only atomic
+        // operations are done through it.
+        unsafe { &*self.region.as_ptr().cast::<SlabHeader>() }
+    }
+
+    /// The state of slot `i` (`i < slot_count`).
+    fn state(&self, i: u32) -> &SlotState {
+        assert!(i < self.cfg.slot_count, "slot index checked by callers");
+        // SAFETY: `i < slot_count`, so the state lies in the states area (inside the region,
+        // checked in `new`), aligned to 4 (the area starts 64-aligned); initialised as for
+        // `header`.
+        unsafe {
+            &*self
+                .region
+                .as_ptr()
+                .add(HEADER_LEN)
+                .cast::<SlotState>()
+                .add(i as usize)
+        }
+    }
+
+    /// Pointer to the first byte of slot `i` (`i < slot_count`).
+    fn slot_ptr(&self, i: u32) -> *mut u8 {
+        assert!(i < self.cfg.slot_count, "slot index checked by callers");
+        // SAFETY: slot `i` lies inside the region: `region_size()` covers every slot.
+        unsafe {
+            self.region
+                .as_ptr()
+                .add(HEADER_LEN + self.cfg.states_len() + i as usize * self.cfg.slot_size)
+        }
+    }
+
+    /// Initialises the header and every slot state to `FREE`.
+    fn init_states(&self) {
+        let n = self.cfg.slot_count;
+        #[cfg(not(loom))]
+        {
+            // Relaxed: the slab is handed to the peer through a synchronising channel.
+            self.header().sender_parked.store(0, Ordering::Relaxed);
+            for i in 0..n {
+                self.state(i).state.store(FREE, Ordering::Relaxed);
+            }
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: loom atomics must be constructed in place before use; the header and
+            // states lie inside the region (checked in `new`) and, under loom, the region is
+            // a heap allocation not yet shared with another thread.
+            unsafe {
+                let base = self.region.as_ptr();
+                std::ptr::write(
+                    base.cast::<SlabHeader>(),
+                    SlabHeader {
+                        sender_parked: AtomicU64::new(0),
+                    },
+                );
+                for i in 0..n as usize {
+                    std::ptr::write(
+                        base.add(HEADER_LEN).cast::<SlotState>().add(i),
+                        SlotState {
+                            state: AtomicU32::new(FREE),
+                            shadow: Tracked::new(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The sending (owning) end of a slab. See the [module docs](self).
+pub struct SlabSender {
+    slab: Slab,
+    /// Slots known to be free, local to this process.
+    free: Vec<u32>,
+    /// Slots published and not yet seen `FREE` again.
+    in_flight: Vec<u32>,
+    /// Number of our current or last park.
+    park_seq: u64,
+}
+
+impl fmt::Debug for SlabSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlabSender")
+            .field("cfg", &self.slab.cfg)
+            .field("free", &self.free.len())
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+impl SlabSender {
+    /// Takes ownership of the slab in `region`: every slot is set `FREE` (shared and local).
+    ///
+    /// The sender is the only side that initialises the slab. It must happen before the
+    /// receiver takes anything, and (when reusing a region) only after every `Bytes` of a
+    /// previous receiver over it has been dropped, see [`SlabReceiver::held`].
+    pub fn init(region: Region, cfg: SlabConfig) -> Result<SlabSender, ShmError> {
+        let slab = Slab::new(region, cfg)?;
+        slab.init_states();
+        Ok(SlabSender {
+            free: (0..cfg.slot_count).rev().collect(),
+            in_flight: Vec::new(),
+            park_seq: 0,
+            slab,
+        })
+    }
+
+    /// Largest payload in bytes (the slot size).
+    pub fn max_payload(&self) -> usize {
+        self.slab.cfg.slot_size
+    }
+
+    /// The slab's configuration.
+    pub fn config(&self) -> SlabConfig {
+        self.slab.cfg
+    }
+
+    /// Fails with [`ShmError::TooLarge`], naming the slot size, if `len` does not fit a slot.
+    pub fn check_len(&self, len: usize) -> Result<(), ShmError> {
+        if len > self.slab.cfg.slot_size {
+            Err(ShmError::TooLarge {
+                len,
+                max: self.slab.cfg.slot_size,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Moves every in-flight slot the receiver has freed back to the local free list.
+    /// Returns how many were reclaimed.
+    pub fn reclaim(&mut self) -> Result<usize, ShmError> {
+        let mut reclaimed = 0;
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            let slot = self.in_flight[i];
+            // Acquire: pairs with the receiver's Release store of FREE in `SlotOwner::drop`;
+            // its reads of the slot happen before we write the slot again.
+            match self.slab.state(slot).state.load(Ordering::Acquire) {
+                FREE => {
+                    self.in_flight.swap_remove(i);
+                    self.free.push(slot);
+                    reclaimed += 1;
+                }
+                IN_FLIGHT => i += 1,
+                other => {
+                    return Err(ShmError::Corrupt(format!(
+                        "slab slot {slot} has invalid state {other}"
+                    )))
+                }
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    /// A free slot to write a payload into, reclaiming released slots if the local free list
+    /// is empty. `Ok(None)`: every slot is in flight; wait with
+    /// [`prepare_park`](Self::prepare_park).
+    pub fn try_acquire(&mut self) -> Result<Option<SlabSlot<'_>>, ShmError> {
+        if self.free.is_empty() {
+            self.reclaim()?;
+        }
+        Ok(self.free.pop().map(|index| SlabSlot {
+            sender: self,
+            index,
+            published: false,
+        }))
+    }
+
+    /// Waiter side of the slot-freed protocol: sets `sender_parked`, fences, reclaims.
+    /// `Ok(true)`: still no free slot, sleep until the release notifier fires, then call
+    /// [`unpark`](Self::unpark). `Ok(false)`: a slot is free, the flag is cleared.
+    pub fn prepare_park(&mut self) -> Result<bool, ShmError> {
+        self.park_seq = self.park_seq.wrapping_add(1);
+        // Relaxed store, ordered before the re-check by the fence.
+        self.slab
+            .header()
+            .sender_parked
+            .store((self.park_seq << 1) | 1, Ordering::Relaxed);
+        // SeqCst fence: pairs with the SeqCst fence in `SlotOwner::drop` (after its FREE
+        // store): either our reclaim sees FREE, or the receiver sees the announcement.
+        fence(Ordering::SeqCst);
+        self.reclaim()?;
+        if self.free.is_empty() {
+            Ok(true)
+        } else {
+            self.unpark();
+            Ok(false)
+        }
+    }
+
+    /// Withdraws the park announcement after waking up.
+    pub fn unpark(&mut self) {
+        // Relaxed: the parked word carries no data.
+        self.slab
+            .header()
+            .sender_parked
+            .store(self.park_seq << 1, Ordering::Relaxed);
+    }
+
+    /// Number of slots published and not yet reclaimed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Number of slots in the local free list (without reclaiming).
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Takes every slot back after the receiver is gone (hub): all states `FREE`, the flag
+    /// clear, every slot in the local free list. Must not be used while a receiver (or a
+    /// `Bytes` it handed out) may still read the slots.
+    pub fn reset(&mut self) {
+        // Relaxed: as in `init`, the slab reaches the next receiver through a synchronising
+        // channel.
+        for i in 0..self.slab.cfg.slot_count {
+            self.slab.state(i).state.store(FREE, Ordering::Relaxed);
+        }
+        self.slab.header().sender_parked.store(0, Ordering::Relaxed);
+        self.in_flight.clear();
+        self.free = (0..self.slab.cfg.slot_count).rev().collect();
+        self.park_seq = 0;
+    }
+}
+
+/// A slot acquired by the sender. Dropping it without [`publish`](Self::publish) returns
+/// it to the free list.
+pub struct SlabSlot<'a> {
+    sender: &'a mut SlabSender,
+    index: u32,
+    published: bool,
+}
+
+impl fmt::Debug for SlabSlot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlabSlot")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl SlabSlot<'_> {
+    /// The slot number.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The whole slot (`slot_size` bytes); write the payload at the start. Its initial
+    /// content is unspecified.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let slab = &self.sender.slab;
+        slab.state(self.index).shadow.write();
+        // SAFETY: the slot is in `slot_size` bytes inside the region; it is FREE and owned
+        // by this sender (taken from the local free list after the receiver's Release store
+        // of FREE was Acquired in `reclaim`, or never sent), so no receiver reads it; the
+        // slice borrows `self`, which borrows the sender mutably, so it is unique.
+        unsafe { std::slice::from_raw_parts_mut(slab.slot_ptr(self.index), slab.cfg.slot_size) }
+    }
+
+    /// Marks the slot in flight with a payload of `len` bytes and returns `(slot, len)` to
+    /// pass to [`Grant::commit_slab`](super::ring::Grant::commit_slab), which publishes it.
+    ///
+    /// Fails with [`ShmError::TooLarge`] (the slot returns to the free list) if `len` is
+    /// above the slot size.
+    pub fn publish(mut self, len: usize) -> Result<(u32, u32), ShmError> {
+        self.sender.check_len(len)?;
+        let slab = &self.sender.slab;
+        slab.state(self.index).shadow.write();
+        // Relaxed: the state and the slot bytes reach the receiver through the ring's
+        // Release store of `head` in the following commit (Acquired by the receiver).
+        slab.state(self.index)
+            .state
+            .store(IN_FLIGHT, Ordering::Relaxed);
+        self.published = true;
+        self.sender.in_flight.push(self.index);
+        Ok((self.index, len as u32))
+    }
+}
+
+impl Drop for SlabSlot<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            self.sender.free.push(self.index);
+        }
+    }
+}
+
+/// A callback run when a released slot must wake the parked sender.
+pub type ReleaseNotifier = Arc<dyn Fn() + Send + Sync>;
+
+struct RxShared {
+    slab: Slab,
+    /// Slots currently held by a live `Bytes` of this receiver (local memory).
+    held: Box<[AtomicBool]>,
+    notifier: Mutex<Option<ReleaseNotifier>>,
+    /// The last `sender_parked` word a release reported (local memory).
+    notified: AtomicU64,
+}
+
+/// The receiving end of a slab: turns slab references into zero-copy [`Bytes`]. Cheap to
+/// clone. See the [module docs](self).
+#[derive(Clone)]
+pub struct SlabReceiver {
+    shared: Arc<RxShared>,
+}
+
+impl fmt::Debug for SlabReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlabReceiver")
+            .field("cfg", &self.shared.slab.cfg)
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+impl SlabReceiver {
+    /// Attaches the receiving end to a slab (initialised by its sender). Writes nothing.
+    pub fn attach(region: Region, cfg: SlabConfig) -> Result<SlabReceiver, ShmError> {
+        let slab = Slab::new(region, cfg)?;
+        Ok(SlabReceiver {
+            shared: Arc::new(RxShared {
+                held: (0..cfg.slot_count)
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
+                notifier: Mutex::new(None),
+                notified: AtomicU64::new(0),
+                slab,
+            }),
+        })
+    }
+
+    /// Installs the callback run when dropping a received `Bytes` frees a slot while the
+    /// sender is parked waiting for one (replaces any previous callback).
+    pub fn set_release_notifier(&self, notifier: ReleaseNotifier) {
+        *self
+            .shared
+            .notifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+    }
+
+    /// Turns the reference `(slot, len)` read from the ring into the payload, without
+    /// copying. The slot is released when the last clone of the returned `Bytes` drops.
+    ///
+    /// Errors with [`ShmError::Corrupt`] if `slot` is out of range, `len` exceeds the slot
+    /// size, the slot is not in flight, or it is already held by a live `Bytes` (the peer sent
+    /// it twice).
+    pub fn take(&self, slot: u32, len: u32) -> Result<Bytes, ShmError> {
+        let shared = &self.shared;
+        let cfg = shared.slab.cfg;
+        if slot >= cfg.slot_count {
+            return Err(ShmError::Corrupt(format!(
+                "slab slot {slot} out of range (slot count {})",
+                cfg.slot_count
+            )));
+        }
+        if len as usize > cfg.slot_size {
+            return Err(ShmError::Corrupt(format!(
+                "slab payload of {len} bytes exceeds the slot size of {} bytes",
+                cfg.slot_size
+            )));
+        }
+        let st = shared.slab.state(slot);
+        // Relaxed: the ring's head (Acquired before this call) orders the sender's IN_FLIGHT
+        // store and its slot writes before us.
+        let state = st.state.load(Ordering::Relaxed);
+        if state != IN_FLIGHT {
+            return Err(ShmError::Corrupt(format!(
+                "slab slot {slot} referenced but not in flight (state {state})"
+            )));
+        }
+        // Relaxed: `held` is local bookkeeping; its clearing in `drop` happens before the
+        // FREE store (Release), which the sender Acquires before it can resend the slot.
+        if shared.held[slot as usize].swap(true, Ordering::Relaxed) {
+            return Err(ShmError::Corrupt(format!(
+                "slab slot {slot} received twice without being released"
+            )));
+        }
+        Ok(Bytes::from_owner(SlotOwner {
+            shared: Arc::clone(shared),
+            slot,
+            len: len as usize,
+        }))
+    }
+
+    /// Number of slots currently held by live `Bytes` handed out by this receiver.
+    pub fn held(&self) -> usize {
+        self.shared
+            .held
+            .iter()
+            .filter(|h| h.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+/// Owner of a received slot inside a `Bytes`; releases the slot on drop.
+struct SlotOwner {
+    shared: Arc<RxShared>,
+    slot: u32,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SlotOwner {
+    fn as_ref(&self) -> &[u8] {
+        let slab = &self.shared.slab;
+        slab.state(self.slot).shadow.read();
+        // SAFETY: `take` validated `slot < slot_count` and `len <= slot_size`, so the bytes
+        // are inside the region, which `shared` keeps mapped. The slot is IN_FLIGHT and held
+        // by this owner: the sender does not write it until our FREE store in `drop`. (A
+        // misbehaving peer process could still scribble on it; that changes the bytes we
+        // see, not where we read.)
+        unsafe { std::slice::from_raw_parts(slab.slot_ptr(self.slot), self.len) }
+    }
+}
+
+impl Drop for SlotOwner {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        let st = shared.slab.state(self.slot);
+        st.shadow.read();
+        // Relaxed: ordered before the FREE store below by its Release.
+        shared.held[self.slot as usize].store(false, Ordering::Relaxed);
+        // Release: pairs with the sender's Acquire load in `SlabSender::reclaim`; every read
+        // of the slot through this owner happens before the sender reuses it.
+        st.state.store(FREE, Ordering::Release);
+        // SeqCst fence: pairs with the SeqCst fence in `SlabSender::prepare_park`.
+        fence(Ordering::SeqCst);
+        // Relaxed: the parked word carries no data.
+        let word = shared.slab.header().sender_parked.load(Ordering::Relaxed);
+        // Relaxed swap on local memory: exactly one releaser reports each park.
+        if word & 1 == 1 && shared.notified.swap(word, Ordering::Relaxed) != word {
+            let notifier = shared
+                .notifier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(notify) = notifier {
+                notify();
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn pair(cfg: SlabConfig) -> (SlabSender, SlabReceiver, Region) {
+        let region = Region::heap(cfg.region_size());
+        (
+            SlabSender::init(region.clone(), cfg).unwrap(),
+            SlabReceiver::attach(region.clone(), cfg).unwrap(),
+            region,
+        )
+    }
+
+    const CFG: SlabConfig = SlabConfig {
+        slot_count: 2,
+        slot_size: 128,
+    };
+
+    #[test]
+    fn config_bounds() {
+        for bad in [
+            SlabConfig {
+                slot_count: 0,
+                slot_size: 64,
+            },
+            SlabConfig {
+                slot_count: 1,
+                slot_size: 65,
+            },
+            SlabConfig {
+                slot_count: 1,
+                slot_size: 0,
+            },
+            SlabConfig {
+                slot_count: MAX_SLOT + 2,
+                slot_size: 64,
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(ShmError::InvalidConfig(_))));
+        }
+        let small = Region::heap(100);
+        assert!(matches!(
+            SlabSender::init(small, CFG),
+            Err(ShmError::RegionTooSmall { .. })
+        ));
+        SlabConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn round_trip_and_exhaustion() {
+        let (mut tx, rx, _) = pair(CFG);
+        let mut refs = Vec::new();
+        for i in 0..2u8 {
+            let mut s = tx.try_acquire().unwrap().unwrap();
+            s.as_mut_slice()[..3].copy_from_slice(&[i; 3]);
+            refs.push(s.publish(3).unwrap());
+        }
+        assert!(tx.try_acquire().unwrap().is_none());
+        let a = rx.take(refs[0].0, refs[0].1).unwrap();
+        let b = rx.take(refs[1].0, refs[1].1).unwrap();
+        assert_eq!((&a[..], &b[..]), (&[0u8; 3][..], &[1u8; 3][..]));
+        assert_eq!(rx.held(), 2);
+        let a2 = a.slice(1..);
+        drop(a);
+        assert!(
+            tx.try_acquire().unwrap().is_none(),
+            "a clone still holds slot 0"
+        );
+        drop(a2);
+        let s = tx.try_acquire().unwrap().unwrap();
+        assert_eq!(s.index(), refs[0].0);
+        drop(s); // unpublished: back to the free list
+        assert_eq!(tx.free(), 1);
+        drop(b);
+        assert_eq!(rx.held(), 0);
+    }
+
+    #[test]
+    fn too_large_names_slot_size() {
+        let (mut tx, _, _) = pair(CFG);
+        assert_eq!(
+            tx.check_len(129).unwrap_err(),
+            ShmError::TooLarge { len: 129, max: 128 }
+        );
+        let s = tx.try_acquire().unwrap().unwrap();
+        assert!(matches!(s.publish(129), Err(ShmError::TooLarge { .. })));
+        assert_eq!(tx.free(), 2, "refused slot went back");
+    }
+
+    #[test]
+    fn receiver_rejects_bad_references() {
+        let (mut tx, rx, _) = pair(CFG);
+        assert!(matches!(rx.take(2, 1), Err(ShmError::Corrupt(_))));
+        assert!(matches!(rx.take(0, 129), Err(ShmError::Corrupt(_))));
+        assert!(
+            matches!(rx.take(0, 1), Err(ShmError::Corrupt(_))),
+            "not in flight"
+        );
+        let (slot, len) = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
+        let held = rx.take(slot, len).unwrap();
+        assert!(
+            matches!(rx.take(slot, len), Err(ShmError::Corrupt(_))),
+            "twice"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn release_wakes_parked_sender_once() {
+        let (mut tx, rx, _) = pair(CFG);
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = Arc::clone(&woken);
+        rx.set_release_notifier(Arc::new(move || {
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let r0 = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
+        let r1 = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
+        let b0 = rx.take(r0.0, r0.1).unwrap();
+        let b1 = rx.take(r1.0, r1.1).unwrap();
+        assert!(tx.prepare_park().unwrap());
+        drop(b0);
+        drop(b1);
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tx.unpark();
+        assert!(!tx.prepare_park().unwrap(), "slots are free now");
+    }
+
+    #[test]
+    fn reset_frees_everything() {
+        let (mut tx, rx, _) = pair(CFG);
+        let r = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
+        drop(rx);
+        assert_eq!(tx.in_flight(), 1);
+        tx.reset();
+        assert_eq!((tx.in_flight(), tx.free()), (0, 2));
+        let _ = r;
+    }
+
+    #[test]
+    fn bytes_outlive_receiver_and_region_handles() {
+        let (mut tx, rx, region) = pair(CFG);
+        let mut s = tx.try_acquire().unwrap().unwrap();
+        s.as_mut_slice()[..2].copy_from_slice(b"ok");
+        let (slot, len) = s.publish(2).unwrap();
+        let bytes = rx.take(slot, len).unwrap();
+        drop((rx, region));
+        assert_eq!(&bytes[..], b"ok");
+        drop(bytes);
+        assert_eq!(tx.reclaim().unwrap(), 1);
+    }
+}
