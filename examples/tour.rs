@@ -9,6 +9,7 @@ use actix_tether::actors::{
 use actix_tether::codec::{self, Codec, Postcard};
 use actix_tether::endpoint::{self, Endpoint};
 use actix_tether::links::{Link, LinkError, LinkRx, LinkTx, Permit};
+use actix_tether::shm::{ShmConfig, ShmLink};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -177,8 +178,62 @@ async fn actor_exchange(endpoint: &str) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
+// ---- 3. a shared-memory link to a child process ----
+
+/// Set in the child's environment: the tour re-executes itself as the SHM peer.
+const CHILD_ENV: &str = "TETHER_TOUR_SHM_CHILD";
+
+/// The child: attaches to the segment it inherited and answers requests until the parent
+/// closes.
+async fn shm_child() -> Result<(), Box<dyn std::error::Error>> {
+    let link = ShmLink::from_env(ShmConfig::default())?;
+    serve(link.into()).await?;
+    Ok(())
+}
+
+async fn shm_exchange() -> Result<(), Box<dyn std::error::Error>> {
+    let (link, handoff) = ShmLink::create_for_child(ShmConfig::default())?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.env(CHILD_ENV, "1");
+    let mut child = handoff.spawn(cmd)?;
+    println!(
+        "[shm] child process {} attached to a sealed memfd segment",
+        child.id()
+    );
+    let (mut tx, mut rx) = link.split();
+    for req in [
+        Request::Add(20, 22),
+        Request::Greet {
+            name: "shared memory".into(),
+        },
+    ] {
+        codec::send(&mut tx, &Postcard, &req).await?;
+        let reply: Reply = Postcard.decode(&rx.recv().await?.ok_or("child hung up")?)?;
+        println!("[shm] sent {req:?} -> got {reply:?}");
+    }
+    // A 512 KiB message goes through the zero-copy slab: serialized straight into shared
+    // memory, received as `Bytes` over the same memory.
+    let big = Request::Greet {
+        name: "x".repeat(512 << 10),
+    };
+    codec::send(&mut tx, &Postcard, &big).await?;
+    let reply = rx.recv().await?.ok_or("child hung up")?;
+    println!(
+        "[shm] a {} byte request through the slab -> a {} byte reply",
+        512 << 10,
+        reply.len()
+    );
+    tx.close().await?;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    println!("[shm] child exited: {status}");
+    Ok(())
+}
+
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return shm_child().await;
+    }
     println!("== actix-tether tour ==");
     println!(
         "-- 1. links over TCP, a Unix socket and an in-process name, typed messages both ways --"
@@ -195,6 +250,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("-- 2. typed actors: Acceptor, LinkWriter, LinkReader over inproc and TCP --");
     actor_exchange("inproc://tour-actors").await?;
     actor_exchange("tcp://127.0.0.1:0").await?;
+
+    println!("-- 3. a zero-copy shared-memory link to a child process --");
+    shm_exchange().await?;
     println!("== tour finished ==");
     Ok(())
 }
