@@ -33,3 +33,4 @@ pub mod codec;
 pub mod endpoint;
 pub mod frame;
 pub mod links;
+pub mod stable;
