@@ -61,8 +61,11 @@ pub trait Codec: Clone + Default + Send + Sync + Unpin + 'static {
     fn encoded_len<T: Serialize + ?Sized>(&self, value: &T) -> Result<usize, CodecError>;
 
     /// Serializes `value` into `out`, which is exactly `encoded_len(value)` bytes long.
-    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut [u8])
-        -> Result<(), CodecError>;
+    fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut [u8],
+    ) -> Result<(), CodecError>;
 
     /// Deserializes one value that must occupy all of `bytes`.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
@@ -123,7 +126,8 @@ pub struct Postcard;
 
 impl Codec for Postcard {
     fn encoded_len<T: Serialize + ?Sized>(&self, value: &T) -> Result<usize, CodecError> {
-        postcard::experimental::serialized_size(value).map_err(|e| CodecError::Encode(e.to_string()))
+        postcard::experimental::serialized_size(value)
+            .map_err(|e| CodecError::Encode(e.to_string()))
     }
 
     fn encode_into<T: Serialize + ?Sized>(

@@ -273,13 +273,19 @@ impl Listener {
         let op = "accept on";
         match &self.kind {
             ListenerKind::Tcp(l, _) => {
-                let (s, _) = l.accept().await.map_err(|e| self.endpoint.io_error(op, e))?;
+                let (s, _) = l
+                    .accept()
+                    .await
+                    .map_err(|e| self.endpoint.io_error(op, e))?;
                 let link = StreamLink::tcp(s, self.config.clone())
                     .map_err(|e| self.endpoint.io_error(op, e))?;
                 Ok(link.into())
             }
             ListenerKind::Unix { listener: l, .. } => {
-                let (s, _) = l.accept().await.map_err(|e| self.endpoint.io_error(op, e))?;
+                let (s, _) = l
+                    .accept()
+                    .await
+                    .map_err(|e| self.endpoint.io_error(op, e))?;
                 Ok(StreamLink::unix(s, self.config.clone()).into())
             }
         }

@@ -190,8 +190,18 @@ mod tests {
         let mut buf = BytesMut::from(&[0xFF, 0xFF, 0xFF, 0xFF][..]);
         let cap_before = buf.capacity();
         let err = c.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len: 0xFFFF_FFFF, .. }));
-        assert_eq!(buf.capacity(), cap_before, "no space reserved for a refused frame");
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                len: 0xFFFF_FFFF,
+                ..
+            }
+        ));
+        assert_eq!(
+            buf.capacity(),
+            cap_before,
+            "no space reserved for a refused frame"
+        );
     }
 
     #[test]
@@ -212,9 +222,7 @@ mod tests {
         for partial in [&[1u8][..], &[3, 0, 0, 0, 1][..]] {
             let mut buf = BytesMut::from(partial);
             let err = c.decode_eof(&mut buf).unwrap_err();
-            assert!(
-                matches!(err, FrameError::Truncated { buffered } if buffered == partial.len())
-            );
+            assert!(matches!(err, FrameError::Truncated { buffered } if buffered == partial.len()));
         }
         let mut empty = BytesMut::new();
         assert!(c.decode_eof(&mut empty).unwrap().is_none());

@@ -49,6 +49,11 @@
 //! * [`stream`] — any `AsyncRead + AsyncWrite` byte stream (TCP, Unix sockets, stdio, an
 //!   in-memory duplex) with `[len: u32 LE][payload]` framing.
 //! * [`AnyLink`] — a link of any transport, as returned by [`crate::endpoint::connect`].
+//! * [`fault`] — [`FaultyLink`](fault::FaultyLink), a wrapper that breaks any link on
+//!   purpose, for testing.
+//!
+//! A [`LinkSource`] makes fresh links to the same peer (an [`Endpoint`](crate::endpoint::Endpoint),
+//! or a closure through [`FnSource`]); whatever reconnects takes one.
 
 use std::future::Future;
 use std::io;
@@ -57,9 +62,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 mod any;
+pub mod fault;
+mod source;
 pub mod stream;
 
 pub use any::{AnyLink, AnyPermit, AnyRx, AnySlot, AnyTx};
+pub use source::{FnSource, LinkSource};
 
 /// Errors of the link layer.
 ///

@@ -234,7 +234,10 @@ pub async fn cancelled_recv_loses_nothing<L: Link>(a: L, b: L) {
     })
     .await;
     guard("sender", sender).await.unwrap();
-    assert!(cancelled > 0, "recv was never cancelled; the test did not test anything");
+    assert!(
+        cancelled > 0,
+        "recv was never cancelled; the test did not test anything"
+    );
     assert_eq!(got.len(), N);
     for (i, m) in got.iter().enumerate() {
         assert_eq!(&m[..], &payload(i, 200_000)[..], "message {i}");
