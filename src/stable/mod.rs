@@ -84,7 +84,7 @@ use std::io::Read;
 use std::time::Duration;
 
 pub mod backoff;
-// DRIVER pub mod driver;
+pub mod driver;
 pub mod registry;
 pub mod session;
 pub mod wire;
