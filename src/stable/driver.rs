@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 
@@ -163,6 +164,11 @@ impl StableSender {
             .await
             .map_err(|_| self.shared.end_error())
     }
+
+    /// A snapshot of the session's counters.
+    pub fn stats(&self) -> DriverStats {
+        self.shared.stats().clone()
+    }
 }
 
 /// The receiving half of a [`StableConn`].
@@ -179,6 +185,11 @@ impl StableReceiver {
             Some(b) => Ok(b),
             None => Err(self.shared.end_error()),
         }
+    }
+
+    /// A snapshot of the session's counters.
+    pub fn stats(&self) -> DriverStats {
+        self.shared.stats().clone()
     }
 }
 
@@ -321,6 +332,76 @@ impl AppIo {
     }
 }
 
+/// Most items moved per direction by one [`step_ready`] (fairness between directions).
+const BATCH: usize = 64;
+
+/// Receive and deliver, take application items, and transmit, as far as possible without
+/// waiting. The order matters: acks received free replay room that the intake then uses,
+/// and items taken in are transmitted at once.
+fn step_ready<Tx: LinkTx, Rx: LinkRx>(
+    sess: &mut Session,
+    io: &mut AppIo,
+    tx: &mut Tx,
+    rx: &mut Rx,
+    now: std::time::Instant,
+) -> Result<(), StableError> {
+    // Link → application (first: acks free replay room for the intake).
+    for _ in 0..BATCH {
+        if let Some(item) = io.pending.take() {
+            match io.to_app.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    io.pending = Some(item);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => io.to_app_closed = true,
+            }
+        }
+        match rx.recv().now_or_never() {
+            Some(Ok(Some(msg))) => {
+                if let Received::Item(item) = sess.handle_frame(now, msg)? {
+                    if !io.to_app_closed {
+                        io.pending = Some(item);
+                    }
+                }
+            }
+            Some(Ok(None)) => return Err(LinkError::Closed.into()),
+            Some(Err(e)) => return Err(e.into()),
+            None => break,
+        }
+    }
+    // Application → replay buffer.
+    for _ in 0..BATCH {
+        io.push_staged(sess)?;
+        if io.staged.is_some() || io.from_app_closed {
+            break;
+        }
+        match io.from_app.try_recv() {
+            Ok(item) => io.staged = Some(item),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => io.from_app_closed = true,
+        }
+    }
+    // Replay buffer → link.
+    for _ in 0..BATCH {
+        if !sess.has_transmit(now) {
+            break;
+        }
+        match tx.reserve().now_or_never() {
+            Some(Ok(permit)) => {
+                if let Some(t) = sess.poll_transmit(now) {
+                    let mut slot = permit.alloc(t.len())?;
+                    t.write_to(slot.as_mut_slice());
+                    slot.commit();
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
 /// Why [`run_link`] returned.
 enum LinkEnd<T> {
     /// The link failed (or the peer closed it).
@@ -341,7 +422,8 @@ async fn run_link<Tx: LinkTx, Rx: LinkRx, T>(
 ) -> LinkEnd<T> {
     loop {
         let now = now();
-        if let Err(e) = io.push_staged(sess) {
+        // Do whatever is possible without waiting, in bounded batches, before selecting.
+        if let Err(e) = step_ready(sess, io, tx, rx, now) {
             return LinkEnd::Failed(e);
         }
         if io.finished(sess) && io.pending.is_none() {
@@ -443,7 +525,14 @@ impl StableClient {
 async fn client_handshake<S: LinkSource>(
     source: &mut S,
     sess: &mut Session,
-) -> Result<(<S::Link as Link>::Tx, <S::Link as Link>::Rx, HandshakeOutcome), StableError> {
+) -> Result<
+    (
+        <S::Link as Link>::Tx,
+        <S::Link as Link>::Rx,
+        HandshakeOutcome,
+    ),
+    StableError,
+> {
     let link = source.connect().await?;
     let (mut tx, mut rx) = link.split();
     let hello = sess.client_hello(now())?;
@@ -490,10 +579,7 @@ async fn client_task<S: LinkSource>(mut source: S, mut sess: Session, mut io: Ap
                 };
                 io.emit(SessionEvent::Reconnecting { attempt, delay });
                 io.shared.stats().reconnect_attempts += 1;
-                if let Err(e) = io
-                    .intake_until(&mut sess, tokio::time::sleep(delay))
-                    .await
-                {
+                if let Err(e) = io.intake_until(&mut sess, tokio::time::sleep(delay)).await {
                     return io.end(&mut sess, e);
                 }
             }
@@ -648,11 +734,15 @@ impl<L: Link> StableServer<L> {
     pub fn handle_link(&self, link: L) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if let Err(e) = server_handshake(&inner, link).await {
+            if let Err((e, link)) = server_handshake(&inner, link).await {
                 tracing::debug!(error = %e, "stable server: handshake failed");
-                let mut st = inner.stats();
-                st.handshake_failures += 1;
-                st.last_handshake_error = Some(e);
+                {
+                    let mut st = inner.stats();
+                    st.handshake_failures += 1;
+                    st.last_handshake_error = Some(e);
+                }
+                // Closed only now, so whoever sees the link end also sees the counters.
+                drop(link);
             }
         });
     }
@@ -671,14 +761,37 @@ impl StableServer<crate::links::AnyLink> {
     }
 }
 
-async fn server_handshake<L: Link>(inner: &Arc<ServerInner<L>>, link: L) -> Result<(), StableError> {
-    let (mut tx, mut rx) = link.split();
+/// A failed server handshake: the error, and the link halves (to be dropped by the caller).
+type HandshakeFailure<L> = (StableError, Option<(<L as Link>::Tx, <L as Link>::Rx)>);
+
+async fn server_handshake<L: Link>(
+    inner: &Arc<ServerInner<L>>,
+    link: L,
+) -> Result<(), HandshakeFailure<L>> {
+    let (tx, mut rx) = link.split();
     let accepting = Accepting::new(now(), &inner.config);
-    let first = tokio::time::timeout_at(TokioInstant::from_std(accepting.poll_timeout()), rx.recv())
-        .await
-        .map_err(|_| StableError::HandshakeTimeout)?;
-    let msg = first?.ok_or(StableError::Link(LinkError::Closed))?;
-    let hello = accepting.handle_client_hello(now(), &msg)?;
+    let first =
+        tokio::time::timeout_at(TokioInstant::from_std(accepting.poll_timeout()), rx.recv()).await;
+    let hello = match first {
+        Err(_) => Err(StableError::HandshakeTimeout),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(None)) => Err(StableError::Link(LinkError::Closed)),
+        Ok(Ok(Some(msg))) => accepting.handle_client_hello(now(), &msg),
+    };
+    match hello {
+        Ok(hello) => server_handshake_reply(inner, tx, rx, hello)
+            .await
+            .map_err(|e| (e, None)),
+        Err(e) => Err((e, Some((tx, rx)))),
+    }
+}
+
+async fn server_handshake_reply<L: Link>(
+    inner: &Arc<ServerInner<L>>,
+    mut tx: L::Tx,
+    rx: L::Rx,
+    hello: ClientHello,
+) -> Result<(), StableError> {
     match hello.resume_key() {
         None => {
             let sess = Session::server(inner.config.clone())?;
