@@ -34,3 +34,6 @@ pub mod endpoint;
 pub mod frame;
 pub mod links;
 pub mod stable;
+
+#[cfg(feature = "actors")]
+pub mod actors;

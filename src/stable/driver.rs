@@ -81,6 +81,12 @@ pub enum SessionEvent {
         /// Items never acknowledged.
         unacked: usize,
     },
+    /// An item arrived (and was acknowledged) but could not be decoded into the
+    /// application's type; it was not delivered. (Typed sessions only.)
+    ItemUndecodable {
+        /// The decode error.
+        error: StableError,
+    },
 }
 
 /// Configuration of the driver (in addition to the [`StableConfig`]).

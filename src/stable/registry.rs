@@ -177,6 +177,11 @@ impl<T> Registry<T> {
             .min()
     }
 
+    /// The value stored for a session, mutably.
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut T> {
+        self.entries.get_mut(&id).map(|e| &mut e.value)
+    }
+
     /// The value stored for a session.
     pub fn get(&self, id: SessionId) -> Option<&T> {
         self.entries.get(&id).map(|e| &e.value)

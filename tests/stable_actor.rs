@@ -1,0 +1,316 @@
+//! The supervised `StableSession` actor and the `StableRegistry` actor over real links:
+//! exactly-once in-order delivery while the fault injector kills links, server restart →
+//! `SessionLost`, and panicking user codecs that must not kill the session.
+#![cfg(feature = "actors")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_tether::actors::registry::{RegistryStats, SessionWiring, StableRegistry};
+use actix_tether::actors::session::{
+    Incoming, Outgoing, SessionOptions, StableEvent, StableSession,
+};
+use actix_tether::endpoint::{self, Endpoint};
+use actix_tether::links::fault::{FaultPlan, FaultySource};
+use actix_tether::links::FnSource;
+use actix_tether::stable::driver::SessionEvent;
+use actix_tether::stable::{ReconnectPolicy, StableConfig, StableError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+const GUARD: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Msg {
+    i: u32,
+    pad: Vec<u8>,
+}
+
+fn msg(i: u32) -> Msg {
+    Msg {
+        i,
+        pad: vec![i as u8; (i % 50) as usize],
+    }
+}
+
+/// Checks that items arrive as 0, 1, 2, ... and reports each index (or a violation).
+struct Collector {
+    next: u32,
+    report: mpsc::UnboundedSender<Result<u32, String>>,
+}
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+}
+
+impl Handler<Incoming<Msg>> for Collector {
+    type Result = ();
+    fn handle(&mut self, Incoming(m): Incoming<Msg>, _: &mut Context<Self>) {
+        let r = if m == msg(self.next) {
+            self.next += 1;
+            Ok(m.i)
+        } else {
+            Err(format!("expected item {}, got {:?}", self.next, m.i))
+        };
+        let _ = self.report.send(r);
+    }
+}
+
+/// Forwards events into a channel.
+struct Events(mpsc::UnboundedSender<SessionEvent>);
+
+impl Actor for Events {
+    type Context = Context<Self>;
+}
+
+impl Handler<StableEvent> for Events {
+    type Result = ();
+    fn handle(&mut self, StableEvent(ev): StableEvent, _: &mut Context<Self>) {
+        let _ = self.0.send(ev);
+    }
+}
+
+fn config() -> StableConfig {
+    StableConfig {
+        reconnect: ReconnectPolicy {
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(20),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn expect_in_order(rx: &mut mpsc::UnboundedReceiver<Result<u32, String>>, n: u32) {
+    tokio::time::timeout(GUARD, async {
+        for i in 0..n {
+            match rx.recv().await {
+                Some(Ok(got)) => assert_eq!(got, i),
+                Some(Err(e)) => panic!("{e}"),
+                None => panic!("collector gone"),
+            }
+        }
+    })
+    .await
+    .expect("deadlock guard");
+}
+
+struct Server {
+    registry: Addr<StableRegistry<Msg>>,
+    sessions: mpsc::UnboundedReceiver<Addr<StableSession<Msg>>>,
+    received: mpsc::UnboundedReceiver<Result<u32, String>>,
+    events: mpsc::UnboundedReceiver<SessionEvent>,
+}
+
+async fn start_server(config: StableConfig) -> (Endpoint, Server) {
+    let listener = endpoint::listen(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = listener.local_endpoint();
+    let (sess_tx, sessions) = mpsc::unbounded_channel();
+    let (rep_tx, received) = mpsc::unbounded_channel();
+    let (ev_tx, events) = mpsc::unbounded_channel();
+    let registry = StableRegistry::new(config.clone(), SessionOptions::default(), move |addr| {
+        let _ = sess_tx.send(addr);
+        SessionWiring {
+            recipient: Collector {
+                next: 0,
+                report: rep_tx.clone(),
+            }
+            .start()
+            .recipient(),
+            events: Some(Events(ev_tx.clone()).start().recipient()),
+        }
+    })
+    .unwrap()
+    .start();
+    StableRegistry::serve(&registry, listener, &config);
+    (
+        ep,
+        Server {
+            registry,
+            sessions,
+            received,
+            events,
+        },
+    )
+}
+
+#[actix::test]
+async fn actors_exchange_exactly_once_while_links_are_killed() {
+    const N: u32 = 5_000;
+    let (ep, mut server) = start_server(config()).await;
+    let source = FaultySource::new(ep, FaultPlan::new(21).kill_after_frames_between(300, 900));
+    let faults = source.stats();
+    let (rep_tx, mut client_received) = mpsc::unbounded_channel();
+    let (ev_tx, mut client_events) = mpsc::unbounded_channel();
+    let collector = Collector {
+        next: 0,
+        report: rep_tx,
+    }
+    .start();
+    let client = StableSession::<Msg>::start_client(
+        source,
+        config(),
+        SessionOptions::default(),
+        collector.recipient(),
+        Some(Events(ev_tx).start().recipient()),
+    )
+    .unwrap();
+    // Client → server, sent from a separate task.
+    let c = client.clone();
+    let sender = actix::spawn(async move {
+        for i in 0..N {
+            c.send(Outgoing(msg(i))).await.unwrap().unwrap();
+        }
+    });
+    let srv_session = tokio::time::timeout(GUARD, server.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let s = srv_session.clone();
+    let back = actix::spawn(async move {
+        for i in 0..N {
+            s.send(Outgoing(msg(i))).await.unwrap().unwrap();
+        }
+    });
+    expect_in_order(&mut server.received, N).await;
+    expect_in_order(&mut client_received, N).await;
+    sender.await.unwrap();
+    back.await.unwrap();
+    assert!(faults.kills() >= 3, "kills: {}", faults.kills());
+    let mut resumed = 0;
+    while let Ok(ev) = client_events.try_recv() {
+        if matches!(ev, SessionEvent::Resumed { .. }) {
+            resumed += 1;
+        }
+        assert!(!matches!(ev, SessionEvent::SessionLost { .. }), "{ev:?}");
+    }
+    assert!(resumed >= 3, "resumed {resumed} times");
+    let stats = server.registry.send(RegistryStats).await.unwrap();
+    assert_eq!(stats.sessions, 1, "{stats:?}");
+    assert!(stats.resumes >= 3);
+    assert!(server.sessions.try_recv().is_err(), "one session only");
+    let _ = server.events.try_recv();
+}
+
+#[actix::test]
+async fn actor_server_restart_is_session_lost() {
+    // The first server never acknowledges, so every client item stays unacked.
+    let silent = StableConfig {
+        ack_every: u32::MAX,
+        ack_delay: Duration::from_secs(3600),
+        ..config()
+    };
+    let (ep1, mut server1) = start_server(silent).await;
+    let current = Arc::new(Mutex::new(ep1));
+    let cur = current.clone();
+    let source = FaultySource::new(
+        FnSource(move || {
+            let ep = cur.lock().unwrap().clone();
+            async move { Ok(endpoint::connect(&ep).await?) }
+        }),
+        FaultPlan::new(1),
+    );
+    let killer = source.killer();
+    let (rep_tx, _client_received) = mpsc::unbounded_channel();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let client = StableSession::<Msg>::start_client(
+        source,
+        config(),
+        SessionOptions::default(),
+        Collector {
+            next: 0,
+            report: rep_tx,
+        }
+        .start()
+        .recipient(),
+        Some(Events(ev_tx).start().recipient()),
+    )
+    .unwrap();
+    for i in 0..7 {
+        client.send(Outgoing(msg(i))).await.unwrap().unwrap();
+    }
+    expect_in_order(&mut server1.received, 7).await;
+    // Restart: a new server (empty registry) at a new address; the old link dies.
+    let (ep2, server2) = start_server(config()).await;
+    *current.lock().unwrap() = ep2;
+    assert!(killer.kill());
+    let unacked = tokio::time::timeout(GUARD, async {
+        loop {
+            match events.recv().await.unwrap() {
+                SessionEvent::SessionLost { unacked } => break unacked,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(unacked, 7);
+    let r = client.send(Outgoing(msg(8))).await.unwrap();
+    assert!(
+        matches!(r, Err(StableError::SessionLost { unacked: 7 })),
+        "{r:?}"
+    );
+    let stats = server2.registry.send(RegistryStats).await.unwrap();
+    assert_eq!((stats.sessions, stats.rejected), (0, 1));
+}
+
+/// An item whose `Serialize` panics for one value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Touchy(u32);
+
+impl Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            panic!("unlucky");
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+struct TouchyCollector(mpsc::UnboundedSender<u32>);
+impl Actor for TouchyCollector {
+    type Context = Context<Self>;
+}
+impl Handler<Incoming<Touchy>> for TouchyCollector {
+    type Result = ();
+    fn handle(&mut self, Incoming(t): Incoming<Touchy>, _: &mut Context<Self>) {
+        let _ = self.0.send(t.0);
+    }
+}
+
+#[actix::test]
+async fn panicking_codec_is_an_error_not_a_dead_session() {
+    let listener = endpoint::listen(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ep = listener.local_endpoint();
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let registry = StableRegistry::<Touchy>::new(config(), SessionOptions::default(), move |_| {
+        SessionWiring {
+            recipient: TouchyCollector(tx.clone()).start().recipient(),
+            events: None,
+        }
+    })
+    .unwrap()
+    .start();
+    StableRegistry::serve(&registry, listener, &config());
+    let (sink, _) = mpsc::unbounded_channel();
+    let client = StableSession::<Touchy>::start_client(
+        ep,
+        config(),
+        SessionOptions::default(),
+        TouchyCollector(sink).start().recipient(),
+        None,
+    )
+    .unwrap();
+    client.send(Outgoing(Touchy(12))).await.unwrap().unwrap();
+    let r = client.send(Outgoing(Touchy(13))).await.unwrap();
+    assert!(matches!(r, Err(StableError::Codec(_))), "{r:?}");
+    client.send(Outgoing(Touchy(14))).await.unwrap().unwrap();
+    let first = tokio::time::timeout(GUARD, got.recv()).await.unwrap();
+    let second = tokio::time::timeout(GUARD, got.recv()).await.unwrap();
+    assert_eq!((first, second), (Some(12), Some(14)));
+}
