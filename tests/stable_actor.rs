@@ -104,9 +104,11 @@ struct Server {
 }
 
 async fn start_server(config: StableConfig) -> (Endpoint, Server) {
-    let listener = endpoint::listen(&"tcp://127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    start_server_on("tcp://127.0.0.1:0".parse().unwrap(), config).await
+}
+
+async fn start_server_on(at: Endpoint, config: StableConfig) -> (Endpoint, Server) {
+    let listener = endpoint::listen(&at).await.unwrap();
     let ep = listener.local_endpoint();
     let (sess_tx, sessions) = mpsc::unbounded_channel();
     let (rep_tx, received) = mpsc::unbounded_channel();
@@ -139,9 +141,35 @@ async fn start_server(config: StableConfig) -> (Endpoint, Server) {
 
 #[actix::test]
 async fn actors_exchange_exactly_once_while_links_are_killed() {
-    const N: u32 = 5_000;
-    let (ep, mut server) = start_server(config()).await;
-    let source = FaultySource::new(ep, FaultPlan::new(21).kill_after_frames_between(300, 900));
+    let (ep, server) = start_server(config()).await;
+    exchange_with_kills(
+        ep,
+        server,
+        5_000,
+        FaultPlan::new(21).kill_after_frames_between(300, 900),
+    )
+    .await;
+}
+
+#[actix::test]
+async fn actors_over_unix_sockets_with_mid_frame_cuts() {
+    let dir = std::env::temp_dir().join(format!("tether-actor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ep, server) = start_server_on(Endpoint::Unix(dir.join("s.sock")), config()).await;
+    exchange_with_kills(
+        ep,
+        server,
+        3_000,
+        FaultPlan::new(8)
+            .kill_after_frames_between(200, 600)
+            .cut_mid_frame(),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn exchange_with_kills(ep: Endpoint, mut server: Server, n: u32, plan: FaultPlan) {
+    let source = FaultySource::new(ep, plan);
     let faults = source.stats();
     let (rep_tx, mut client_received) = mpsc::unbounded_channel();
     let (ev_tx, mut client_events) = mpsc::unbounded_channel();
@@ -161,7 +189,7 @@ async fn actors_exchange_exactly_once_while_links_are_killed() {
     // Client → server, sent from a separate task.
     let c = client.clone();
     let sender = actix::spawn(async move {
-        for i in 0..N {
+        for i in 0..n {
             c.send(Outgoing(msg(i))).await.unwrap().unwrap();
         }
     });
@@ -171,12 +199,12 @@ async fn actors_exchange_exactly_once_while_links_are_killed() {
         .unwrap();
     let s = srv_session.clone();
     let back = actix::spawn(async move {
-        for i in 0..N {
+        for i in 0..n {
             s.send(Outgoing(msg(i))).await.unwrap().unwrap();
         }
     });
-    expect_in_order(&mut server.received, N).await;
-    expect_in_order(&mut client_received, N).await;
+    expect_in_order(&mut server.received, n).await;
+    expect_in_order(&mut client_received, n).await;
     sender.await.unwrap();
     back.await.unwrap();
     assert!(faults.kills() >= 3, "kills: {}", faults.kills());
@@ -313,4 +341,95 @@ async fn panicking_codec_is_an_error_not_a_dead_session() {
     let first = tokio::time::timeout(GUARD, got.recv()).await.unwrap();
     let second = tokio::time::timeout(GUARD, got.recv()).await.unwrap();
     assert_eq!((first, second), (Some(12), Some(14)));
+}
+
+#[actix::test]
+async fn actor_backpressure_while_link_down_then_delivers_everything() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let (ep, mut server) = start_server(config()).await;
+    let up = Arc::new(AtomicBool::new(false));
+    let up2 = up.clone();
+    let source = FnSource(move || {
+        let (ep, up) = (ep.clone(), up2.load(Ordering::SeqCst));
+        async move {
+            if up {
+                Ok(endpoint::connect(&ep).await?)
+            } else {
+                Err(actix_tether::links::LinkError::Closed)
+            }
+        }
+    });
+    let cfg = StableConfig {
+        replay_max_frames: 8,
+        reconnect: ReconnectPolicy {
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(10),
+            max_attempts: None,
+            max_elapsed: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+        ..config()
+    };
+    let (rep_tx, _r) = mpsc::unbounded_channel();
+    let client = StableSession::<Msg>::start_client(
+        source,
+        cfg,
+        SessionOptions::default(),
+        Collector {
+            next: 0,
+            report: rep_tx,
+        }
+        .start()
+        .recipient(),
+        None,
+    )
+    .unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let acc = accepted.clone();
+    let c = client.clone();
+    let sender = actix::spawn(async move {
+        for i in 0..30 {
+            c.send(Outgoing(msg(i))).await.unwrap().unwrap();
+            acc.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The replay buffer (8) is full and no link can be made: the 9th send waits.
+    assert_eq!(accepted.load(Ordering::SeqCst), 8);
+    up.store(true, Ordering::SeqCst);
+    expect_in_order(&mut server.received, 30).await;
+    tokio::time::timeout(GUARD, sender).await.unwrap().unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
+
+#[actix::test]
+async fn registry_rejects_bad_handshakes_with_clear_errors() {
+    use actix_tether::links::{send_bytes, Link, LinkRx};
+    let cfg = StableConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let (ep, server) = start_server(cfg).await;
+    let mut wrong_version = actix_tether::stable::ClientHello::new_session().to_bytes();
+    wrong_version[4] = 7;
+    for bytes in [&b"garbage!"[..], &wrong_version[..]] {
+        let (mut tx, mut rx) = endpoint::connect(&ep).await.unwrap().split();
+        send_bytes(&mut tx, bytes).await.unwrap();
+        let r = tokio::time::timeout(GUARD, rx.recv()).await.unwrap();
+        assert!(matches!(r, Ok(None) | Err(_)), "{r:?}");
+    }
+    let stats = server.registry.send(RegistryStats).await.unwrap();
+    assert_eq!(stats.handshake_failures, 2);
+    assert!(matches!(
+        stats.last_handshake_error,
+        Some(StableError::UnsupportedVersion { found: 7, .. })
+    ));
+    // Silence times out.
+    let (_tx, mut rx) = endpoint::connect(&ep).await.unwrap().split();
+    let _ = tokio::time::timeout(GUARD, rx.recv()).await.unwrap();
+    let stats = server.registry.send(RegistryStats).await.unwrap();
+    assert!(matches!(
+        stats.last_handshake_error,
+        Some(StableError::HandshakeTimeout)
+    ));
 }
