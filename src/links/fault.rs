@@ -183,7 +183,7 @@ impl Ctl {
         let mut rng = SplitMix64::new(plan.seed);
         let kill_at_frame = plan
             .kill_after_frames
-            .map(|(lo, hi)| lo + rng.below_or_eq(hi - lo));
+            .map(|(a, b)| a.min(b) + rng.below_or_eq(a.max(b) - a.min(b)));
         stats.links.fetch_add(1, Ordering::Relaxed);
         Arc::new(Ctl {
             plan,
@@ -241,7 +241,8 @@ impl Ctl {
     }
 
     fn next_delay(&self) -> Option<Duration> {
-        let (min, max) = self.plan.delay?;
+        let (a, b) = self.plan.delay?;
+        let (min, max) = (a.min(b), a.max(b));
         let spread = (max - min).as_nanos().min(u64::MAX as u128) as u64;
         let extra = self.lock().rng.below_or_eq(spread);
         Some(min + Duration::from_nanos(extra))
