@@ -388,6 +388,9 @@ fn step_ready<Tx: LinkTx, Rx: LinkRx>(
             Err(mpsc::error::TryRecvError::Disconnected) => io.from_app_closed = true,
         }
     }
+    // Invariant for the caller's select: an item stays staged only while the replay buffer
+    // cannot take it (otherwise nothing would wake us to push it).
+    io.push_staged(sess)?;
     // Replay buffer → link.
     for _ in 0..BATCH {
         if !sess.has_transmit(now) {
