@@ -588,8 +588,11 @@ async fn client_task<S: LinkSource>(mut source: S, mut sess: Session, mut io: Ap
                 };
                 io.emit(SessionEvent::Reconnecting { attempt, delay });
                 io.shared.stats().reconnect_attempts += 1;
-                if let Err(e) = io.intake_until(&mut sess, tokio::time::sleep(delay)).await {
-                    return io.end(&mut sess, e);
+                // A zero delay must not wait for the next timer tick (about 1 ms).
+                if !delay.is_zero() {
+                    if let Err(e) = io.intake_until(&mut sess, tokio::time::sleep(delay)).await {
+                        return io.end(&mut sess, e);
+                    }
                 }
             }
             attempt = attempt.saturating_add(1);
