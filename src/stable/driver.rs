@@ -6,7 +6,7 @@
 //! current link. The application talks to it through bounded channels:
 //!
 //! ```text
-//!  app ──send──► [queue: StableConfig-independent, DriverConfig::app_queue items]
+//!  app ──send──► [queue: DriverConfig::app_queue items]
 //!        ──► staged item ──can_accept?──► replay buffer ──► link
 //!  app ◄──recv── [queue: DriverConfig::app_queue items] ◄── link
 //! ```
@@ -21,18 +21,19 @@
 //!   [`ReconnectPolicy`](super::ReconnectPolicy), resumes and replays. When the server
 //!   rejects the resume (it restarted, or the grace period expired) or the policy gives up,
 //!   `send` and `recv` fail with [`StableError::SessionLost`].
-//! * The server hands each new session out through [`StableServer::accept`]; links that
+//! * The server hands each new session out through [`StableServerSessions::accept`]; links that
 //!   resume a session are routed to that session's task (the newest link wins; a link it
 //!   superseded is dropped).
 //!
-//! Dropping a [`StableConn`] (or both of its halves) ends the session once everything sent
-//! has been acknowledged: the driver then closes the link, and the server forgets the
-//! session. The peer sees its link end and, if it resumes, [`StableError::SessionLost`]
-//! with `unacked` counting what it sent that was never acknowledged.
+//! Dropping the sending half (a [`StableSender`], or the whole [`StableConn`]) ends the
+//! session once everything sent has been acknowledged: the driver then closes the link, and
+//! a server forgets the session. There is no close frame in protocol version 1: the peer
+//! sees its link end and, when it tries to resume, gets [`StableError::SessionLost`] with
+//! `unacked` counting what it sent that was never acknowledged (0 when nothing is missing).
 //!
 //! Events ([`SessionEvent`]) are diagnostics, delivered best-effort through a bounded
 //! channel (dropped when the application does not read them); the counters of
-//! [`StableConn::stats`] are exact.
+//! [`StableConn::stats`] are exact, as of the session task's latest step.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
