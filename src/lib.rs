@@ -10,6 +10,10 @@
 //! * [`codec`] — serde values into link messages (postcard; bincode 2 with `bincode`).
 //! * [`links`] — the [`Link`](links::Link) contract and its transports.
 //! * [`endpoint`] — `tcp://` and `unix://` addresses, `connect` and `listen`.
+//! * [`stable`] — stable sessions that survive link failure (sans-IO core, plus a plain
+//!   tokio driver in [`stable::driver`]).
+//! * `actors` (feature `actors`) — actix actors, among them the supervised
+//!   `StableSession` and the server-side `StableRegistry`.
 //!
 //! ```
 //! use actix_tether::{codec::{self, Codec, Postcard}, endpoint, links::{Link, LinkRx}};
