@@ -441,4 +441,18 @@ mod tests {
         assert!(!seq::lt(0, 1 << 31));
         assert!(!seq::lt(1 << 31, 0));
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the parsers; anything accepted re-encodes to itself.
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(h) = ClientHello::parse(&bytes) {
+                proptest::prop_assert_eq!(&h.to_bytes()[..], &bytes[..]);
+            }
+            if let Ok(h) = ServerHello::parse(&bytes) {
+                proptest::prop_assert_eq!(&h.to_bytes()[..], &bytes[..]);
+            }
+            let _ = Frame::decode(Bytes::from(bytes));
+        }
+    }
 }
