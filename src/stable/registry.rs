@@ -113,7 +113,9 @@ impl<T> Registry<T> {
             return Ok(None);
         }
         let new_key = ResumeKey::generate()?;
-        let entry = self.entries.get_mut(&id).expect("found above");
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return Ok(None);
+        };
         entry.key = new_key.clone();
         entry.unlinked_since = None;
         entry.links_handed += 1;
