@@ -16,6 +16,8 @@
 //! * [`shm`] (Unix) — a zero-copy shared-memory link between threads or processes of one
 //!   host ([`shm::ShmLink`]): sealed memfd segment, SPSC rings, slab, eventfd doorbells; and
 //!   the hub bootstrap (descriptor passing).
+//! * [`stable`] — stable sessions that survive link failure (sans-IO core, plus a plain
+//!   tokio driver in [`stable::driver`]); actors `StableSession` and `StableRegistry`.
 //!
 //! ```
 //! use actix_tether::{codec::{self, Codec, Postcard}, endpoint, links::{Link, LinkRx}};
@@ -44,6 +46,7 @@ pub mod frame;
 pub mod links;
 #[cfg(unix)]
 pub mod shm;
+pub mod stable;
 #[cfg(unix)]
 mod sync;
 

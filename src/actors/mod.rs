@@ -15,6 +15,11 @@
 //!   as an [`Incoming`], which it accepts (starting both link actors) or refuses.
 //! * [`LinkEvent`]s tell an optional subscriber when a link comes up, goes down and why,
 //!   and when a frame was rejected.
+//! * [`session::StableSession`] — one side of a stable session, supervised: it reconnects,
+//!   resumes and replays by itself after its link fails.
+//! * [`registry::StableRegistry`] — the server side of stable sessions: takes incoming links
+//!   (from its own accept loop, or from an [`Acceptor`]'s [`Incoming::into_link`]) and
+//!   creates or resumes sessions.
 //!
 //! Backpressure is end to end and bounded: a slow peer makes the writer's `reserve` wait,
 //! which pauses the writer's (small) mailbox, which makes `send().await` wait and
@@ -63,7 +68,10 @@ use crate::links::{Link, LinkError};
 
 mod acceptor;
 mod events;
+mod pump;
 mod reader;
+pub mod registry;
+pub mod session;
 mod writer;
 
 pub use acceptor::{AcceptError, Acceptor, Incoming};

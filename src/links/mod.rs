@@ -51,6 +51,11 @@
 //! * [`inproc`] — in-process endpoints addressed by name (`inproc://name`): bounded queues
 //!   of zero-copy messages between threads, runtimes and actix Arbiters of one process.
 //! * [`AnyLink`] — a link of any transport, as returned by [`crate::endpoint::connect`].
+//! * [`fault`] — [`FaultyLink`](fault::FaultyLink), a wrapper that breaks any link on
+//!   purpose, for testing.
+//!
+//! A [`LinkSource`] makes fresh links to the same peer (an [`Endpoint`](crate::endpoint::Endpoint),
+//! or a closure through [`FnSource`]); whatever reconnects takes one.
 
 use std::future::Future;
 use std::io;
@@ -59,10 +64,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 mod any;
+pub mod fault;
 pub mod inproc;
+mod source;
 pub mod stream;
 
 pub use any::{AnyLink, AnyPermit, AnyRx, AnySlot, AnyTx};
+pub use source::{FnSource, LinkSource};
 
 /// Errors of the link layer.
 ///

@@ -1,0 +1,171 @@
+//! Measures, in one process and paired per repeat:
+//!
+//! 1. throughput of a stable session (plain tokio driver) against the bare link it runs
+//!    over (a Unix socket pair), 64-byte items, one way;
+//! 2. the time from a link kill to the first replayed item delivered to the peer, with a
+//!    zero reconnect backoff (so: failure detection, reconnect, resume handshake, replay).
+//!
+//! ```text
+//! cargo run --release --example stable_bench [items] [repeats]
+//! ```
+//!
+//! Prints the median of the repeats and the median of the per-repeat ratios.
+
+use std::error::Error;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_tether::links::fault::{FaultHandle, FaultPlan, FaultyLink};
+use actix_tether::links::stream::StreamLink;
+use actix_tether::links::{send_bytes, FnSource, Link, LinkRx};
+use actix_tether::stable::driver::{DriverConfig, StableClient, StableServer};
+use actix_tether::stable::{ReconnectPolicy, StableConfig};
+use bytes::Bytes;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+type UnixLink = StreamLink<tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf>;
+
+static PAYLOAD: [u8; 64] = [7; 64];
+
+async fn bare(items: u32) -> Result<Duration, BoxError> {
+    let (a, b) = StreamLink::unix_pair(Default::default())?;
+    let (mut tx, _arx) = a.split();
+    let (_btx, mut rx) = b.split();
+    let t0 = Instant::now();
+    let recv = tokio::spawn(async move {
+        for _ in 0..items {
+            rx.recv().await?.ok_or("closed early")?;
+        }
+        Ok::<_, BoxError>(())
+    });
+    for _ in 0..items {
+        send_bytes(&mut tx, &PAYLOAD).await?;
+    }
+    recv.await??;
+    Ok(t0.elapsed())
+}
+
+fn config() -> StableConfig {
+    StableConfig {
+        reconnect: ReconnectPolicy {
+            initial_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+            jitter: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn stable(items: u32) -> Result<Duration, BoxError> {
+    let (server, mut sessions) = StableServer::<UnixLink>::new(config(), DriverConfig::default())?;
+    let source = FnSource(move || {
+        let pair = StreamLink::unix_pair(Default::default());
+        let server = server.clone();
+        async move {
+            let (a, b) = pair?;
+            server.handle_link(b);
+            Ok(a)
+        }
+    });
+    let client = StableClient::connect(source, config(), DriverConfig::default())?;
+    let mut srv = sessions.accept().await.ok_or("no session")?;
+    let t0 = Instant::now();
+    let recv = tokio::spawn(async move {
+        for _ in 0..items {
+            srv.recv().await?;
+        }
+        Ok::<_, BoxError>(srv)
+    });
+    let payload = Bytes::from_static(&PAYLOAD);
+    for _ in 0..items {
+        client.send(payload.clone()).await?;
+    }
+    let _srv = recv.await??;
+    Ok(t0.elapsed())
+}
+
+async fn kill_to_replay() -> Result<Duration, BoxError> {
+    let (server, mut sessions) =
+        StableServer::<FaultyLink<UnixLink>>::new(config(), DriverConfig::default())?;
+    let made = Arc::new(AtomicU32::new(0));
+    let first: Arc<Mutex<Option<FaultHandle>>> = Arc::default();
+    let first2 = first.clone();
+    let source = FnSource(move || {
+        let pair = StreamLink::unix_pair(Default::default());
+        let (server, made, first) = (server.clone(), made.clone(), first2.clone());
+        async move {
+            let (a, b) = pair?;
+            server.handle_link(FaultyLink::new(b, FaultPlan::default()));
+            // The first link delivers the client's hello, then nothing more: items sent
+            // on it stay in flight until the link is killed.
+            let is_first = made.fetch_add(1, Ordering::SeqCst) == 0;
+            let plan = if is_first {
+                FaultPlan::new(1).stall_sends_after(1)
+            } else {
+                FaultPlan::default()
+            };
+            let link = FaultyLink::new(a, plan);
+            if is_first {
+                *first.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.handle());
+            }
+            Ok(link)
+        }
+    });
+    let client = StableClient::connect(source, config(), DriverConfig::default())?;
+    let mut srv = sessions.accept().await.ok_or("no session")?;
+    client.send(Bytes::from_static(&PAYLOAD)).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let handle = first
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or("no first link")?;
+    let t0 = Instant::now();
+    handle.kill();
+    srv.recv().await?;
+    Ok(t0.elapsed())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    let items: u32 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200_000);
+    let repeats: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let (mut bare_rates, mut stable_rates, mut ratios, mut kills) =
+        (vec![], vec![], vec![], vec![]);
+    for r in 0..repeats {
+        let b = items as f64 / bare(items).await?.as_secs_f64();
+        let s = items as f64 / stable(items).await?.as_secs_f64();
+        let k = kill_to_replay().await?.as_secs_f64() * 1e6;
+        println!(
+            "repeat {r}: bare {:.2} M items/s, stable {:.2} M items/s, ratio {:.2}, kill→replay {:.0} µs",
+            b / 1e6,
+            s / 1e6,
+            s / b,
+            k
+        );
+        bare_rates.push(b);
+        stable_rates.push(s);
+        ratios.push(s / b);
+        kills.push(k);
+    }
+    println!(
+        "median over {repeats}: bare {:.2} M items/s, stable {:.2} M items/s, ratio {:.2}; kill→first replayed item {:.0} µs",
+        median(bare_rates) / 1e6,
+        median(stable_rates) / 1e6,
+        median(ratios),
+        median(kills)
+    );
+    Ok(())
+}

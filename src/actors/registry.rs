@@ -1,0 +1,260 @@
+//! [`StableRegistry<M>`]: the server side of stable sessions as an actor. It takes incoming
+//! links, runs the server handshake, and either creates a new supervised
+//! [`StableSession`] or hands the link to the existing session the client resumes.
+//!
+//! # Messages
+//!
+//! * [`RegistryStats`] → [`ServerStats`]: counters (sessions, resumes, rejections,
+//!   handshake failures and the last handshake error).
+//! * Links arrive through [`StableRegistry::handle_link`] (any [`Link`]) or
+//!   [`StableRegistry::serve`] (an accept loop on an [`endpoint::Listener`]).
+//!
+//! For each new session the registry calls the application's `on_session` callback with the
+//! session's `Addr` (send [`Outgoing`](super::session::Outgoing) there) and takes back where
+//! its items and events go ([`SessionWiring`]). The application sees one stable `Addr` and
+//! one `Recipient` per session, whatever number of links the session uses.
+//!
+//! # Lifecycle
+//!
+//! Started like any actor (`StableRegistry::new(..)?.start()`). Handshakes run in their own
+//! tasks, each bounded by [`StableConfig::handshake_timeout`]; a bad one (garbage, wrong
+//! version, timeout) is counted and its link closed. Resumes are looked up by key in
+//! constant time and re-keyed; unknown or expired keys are answered `rejected`.
+//!
+//! # What stops it / not guaranteed
+//!
+//! It stops when its last `Addr` is dropped; sessions it created keep running while the
+//! application holds their `Addr`s, but can no longer be resumed. The accept loop of
+//! [`serve`](StableRegistry::serve) ends when accepting fails.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::pump::{spawn_pump, Pump};
+use super::session::{
+    lock, Incoming, Item, Relink, SessionOptions, SharedRegistry, StableEvent, StableSession,
+};
+use crate::endpoint;
+use crate::links::{Link, LinkError};
+use crate::stable::driver::ServerStats;
+use crate::stable::registry::Registry;
+use crate::stable::wire::{ClientHello, ServerHello};
+use crate::stable::{Session, StableConfig, StableError};
+
+/// Where a new session's items and events go.
+pub struct SessionWiring<M: Item> {
+    /// Receives the session's items.
+    pub recipient: Recipient<Incoming<M>>,
+    /// Receives the session's events, if wanted.
+    pub events: Option<Recipient<StableEvent>>,
+}
+
+type OnSession<M> = Rc<RefCell<dyn FnMut(Addr<StableSession<M>>) -> SessionWiring<M>>>;
+
+/// The server side of stable sessions. See the [module docs](self).
+pub struct StableRegistry<M: Item> {
+    config: StableConfig,
+    options: SessionOptions,
+    registry: SharedRegistry<M>,
+    on_session: OnSession<M>,
+    stats: ServerStats,
+}
+
+impl<M: Item> StableRegistry<M> {
+    /// A registry whose new sessions are wired by `on_session`.
+    pub fn new(
+        config: StableConfig,
+        options: SessionOptions,
+        on_session: impl FnMut(Addr<StableSession<M>>) -> SessionWiring<M> + 'static,
+    ) -> Result<Self, StableError> {
+        config.validate()?;
+        Ok(StableRegistry {
+            registry: Arc::new(Mutex::new(Registry::new(config.resume_grace))),
+            config,
+            options,
+            on_session: Rc::new(RefCell::new(on_session)),
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// Runs the server handshake on a freshly accepted link (in a task), then hands it to
+    /// the registry. Must be called inside a tokio runtime (any actix system is one).
+    pub fn handle_link<L: Link>(addr: &Addr<Self>, link: L, config: &StableConfig) {
+        let addr = addr.clone();
+        let timeout = config.handshake_timeout;
+        tokio::spawn(async move {
+            let mut pump = spawn_pump(link);
+            let deadline = tokio::time::Instant::now() + timeout;
+            let first = match pump.incoming.as_mut() {
+                Some(rx) => tokio::time::timeout_at(deadline, rx.recv()).await,
+                None => Ok(None),
+            };
+            let hello = match first {
+                Err(_) => Err(StableError::HandshakeTimeout),
+                Ok(None) => Err(StableError::Link(LinkError::Closed)),
+                Ok(Some(Err(e))) => Err(e),
+                Ok(Some(Ok(msg))) => ClientHello::parse(&msg),
+            };
+            match hello {
+                Ok(hello) => {
+                    let _ = addr.send(Hello { pump, hello }).await;
+                }
+                Err(error) => {
+                    // Counted before the link is closed.
+                    let _ = addr.send(HandshakeFailed(error)).await;
+                    drop(pump);
+                }
+            }
+        });
+    }
+
+    /// Accepts links from `listener`, handing each to
+    /// [`handle_link`](StableRegistry::handle_link), until the registry stops. An accept
+    /// error is logged (`tracing::warn!`) and accepting resumes after 100 ms. Returns at
+    /// once; the loop runs in a task.
+    pub fn serve(addr: &Addr<Self>, listener: endpoint::Listener, config: &StableConfig) {
+        let addr = addr.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(link) => StableRegistry::handle_link(&addr, link, &config),
+                    Err(e) => {
+                        // Usually transient (EMFILE, ECONNABORTED): report it, back off
+                        // briefly so a persistent error cannot spin, and keep serving.
+                        tracing::warn!(error = %e, "stable registry: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+                if !addr.connected() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn reject(&mut self, pump: Pump) {
+        self.stats.rejected += 1;
+        let _ = pump
+            .out
+            .try_send(Bytes::copy_from_slice(&ServerHello::rejected().to_bytes()));
+        pump.close_gracefully();
+    }
+
+    fn new_session(&mut self, pump: Pump) -> Result<(), StableError> {
+        let sess = Session::server(self.config.clone())?;
+        let (id, key) = lock(&self.registry).insert(None)?;
+        pump.out
+            .try_send(Bytes::copy_from_slice(
+                &ServerHello::accept_new(&key).to_bytes(),
+            ))
+            .map_err(|_| StableError::Link(LinkError::Closed))?;
+        let registry = self.registry.clone();
+        let options = self.options.clone();
+        let on_session = self.on_session.clone();
+        let addr = actix::Supervisor::start(move |ctx: &mut Context<StableSession<M>>| {
+            let wiring = (on_session.borrow_mut())(ctx.address());
+            StableSession::new_server(
+                sess,
+                registry,
+                id,
+                pump,
+                options,
+                wiring.recipient,
+                wiring.events,
+            )
+        });
+        if let Some(slot) = lock(&self.registry).get_mut(id) {
+            *slot = Some(addr);
+        }
+        self.stats.sessions += 1;
+        Ok(())
+    }
+}
+
+impl<M: Item> Actor for StableRegistry<M> {
+    type Context = Context<Self>;
+}
+
+/// A link whose client hello was read (internal).
+struct Hello {
+    pump: Pump,
+    hello: ClientHello,
+}
+
+impl Message for Hello {
+    type Result = ();
+}
+
+/// A link whose handshake failed (internal).
+struct HandshakeFailed(StableError);
+
+impl Message for HandshakeFailed {
+    type Result = ();
+}
+
+/// Asks a [`StableRegistry`] for its counters.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryStats;
+
+impl Message for RegistryStats {
+    type Result = ServerStats;
+}
+
+impl<M: Item> Handler<Hello> for StableRegistry<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Hello, _ctx: &mut Context<Self>) {
+        let Hello { pump, hello } = msg;
+        let Some(key) = hello.resume_key() else {
+            if let Err(e) = self.new_session(pump) {
+                self.stats.handshake_failures += 1;
+                self.stats.last_handshake_error = Some(e);
+            }
+            return;
+        };
+        let routed = match lock(&self.registry).resume(Instant::now(), &key) {
+            Ok(Some(r)) => r.value.clone().map(|addr| (addr, r.new_key, r.link_number)),
+            Ok(None) => None,
+            Err(e) => {
+                self.stats.last_handshake_error = Some(e);
+                None
+            }
+        };
+        match routed {
+            Some((addr, new_key, link_number)) if addr.connected() => {
+                self.stats.resumes += 1;
+                addr.do_send(Relink {
+                    pump,
+                    hello,
+                    new_key,
+                    link_number,
+                });
+            }
+            _ => self.reject(pump),
+        }
+    }
+}
+
+impl<M: Item> Handler<HandshakeFailed> for StableRegistry<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandshakeFailed, _ctx: &mut Context<Self>) {
+        tracing::debug!(error = %msg.0, "stable registry: handshake failed");
+        self.stats.handshake_failures += 1;
+        self.stats.last_handshake_error = Some(msg.0);
+    }
+}
+
+impl<M: Item> Handler<RegistryStats> for StableRegistry<M> {
+    type Result = MessageResult<RegistryStats>;
+
+    fn handle(&mut self, _: RegistryStats, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats.clone())
+    }
+}
