@@ -148,7 +148,7 @@ async fn actors_exchange_exactly_once_while_links_are_killed() {
     exchange_with_kills(
         ep,
         server,
-        20_000,
+        100_000,
         FaultPlan::new(21).kill_after_frames_between(300, 900),
     )
     .await;

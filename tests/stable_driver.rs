@@ -172,6 +172,55 @@ fn unix_fault_injector_exactly_once_in_order() {
 }
 
 #[test]
+fn inproc_fault_injector_exactly_once_in_order() {
+    rt().block_on(async {
+        let ep = Endpoint::parse("inproc://stable-driver-fault").unwrap();
+        let listener = endpoint::listen(&ep).await.unwrap();
+        let (server, mut sessions) = StableServer::new(config(), DriverConfig::default()).unwrap();
+        tokio::spawn(server.clone().serve(listener));
+        let source = FaultySource::new(ep, FaultPlan::new(23).kill_after_frames_between(500, 1500));
+        let faults = source.stats();
+        let client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
+        let srv = guard("accept", sessions.accept()).await.unwrap();
+        let (c, _) = exchange(client, srv, N).await;
+        assert!(faults.kills() >= 5, "links were killed: {}", faults.kills());
+        assert!(c.session.resumes >= 5, "client resumed: {c:?}");
+        assert_eq!(server.stats().sessions, 1, "one session throughout");
+    });
+}
+
+/// Over shared memory: every reconnect creates a fresh `ShmLink` pair and hands the server
+/// half to the server, as a hub would.
+#[test]
+fn shm_fault_injector_exactly_once_in_order() {
+    use actix_tether::shm::{ShmConfig, ShmLink};
+    rt().block_on(async {
+        let (server, mut sessions) = StableServer::new(config(), DriverConfig::default()).unwrap();
+        let srv_handle = server.clone();
+        let shm_source = FnSource(move || {
+            let server = srv_handle.clone();
+            async move {
+                let (client_half, server_half) = ShmLink::pair(ShmConfig::default())
+                    .map_err(|e| LinkError::Corrupt(e.to_string()))?;
+                server.handle_link(AnyLink::from(server_half));
+                Ok(AnyLink::from(client_half))
+            }
+        });
+        let source = FaultySource::new(
+            shm_source,
+            FaultPlan::new(31).kill_after_frames_between(500, 1500),
+        );
+        let faults = source.stats();
+        let client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
+        let srv = guard("accept", sessions.accept()).await.unwrap();
+        let (c, _) = exchange(client, srv, N).await;
+        assert!(faults.kills() >= 5, "links were killed: {}", faults.kills());
+        assert!(c.session.resumes >= 5, "client resumed: {c:?}");
+        assert_eq!(server.stats().sessions, 1, "one session throughout");
+    });
+}
+
+#[test]
 fn tcp_resetting_proxy_exactly_once_in_order() {
     rt().block_on(async {
         let (ep, server, mut sessions) = tcp_server(config()).await;
