@@ -229,6 +229,67 @@ async fn shm_exchange() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+// ---- 4. a stable session that survives its link being killed ----
+
+async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
+    use actix_tether::links::fault::{FaultPlan, FaultySource};
+    use actix_tether::stable::driver::{DriverConfig, StableClient, StableServer};
+    use actix_tether::stable::{ReconnectPolicy, StableConfig};
+
+    const N: u64 = 5_000;
+    let config = StableConfig {
+        reconnect: ReconnectPolicy {
+            initial_delay: std::time::Duration::from_millis(1),
+            max_delay: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let listener = endpoint::listen(&Endpoint::parse("tcp://127.0.0.1:0")?).await?;
+    let bound = listener.local_endpoint();
+    let (server, mut sessions) = StableServer::new(config.clone(), DriverConfig::default())?;
+    tokio::spawn(server.clone().serve(listener));
+    // The client's links come from a fault injector that kills each one after 300–900 frames.
+    let source = FaultySource::new(
+        bound.clone(),
+        FaultPlan::new(7).kill_after_frames_between(300, 900),
+    );
+    let faults = source.stats();
+    let client = StableClient::connect(source, config, DriverConfig::default())?;
+    let server_side = sessions.accept().await.ok_or("server stopped")?;
+
+    let (ctx, _crx) = client.split();
+    let (_stx, mut srx) = server_side.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            ctx.send(Postcard.encode_to_vec(&i)?).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ctx)
+    });
+    let (mut lost, mut duplicated, mut next) = (0u64, 0u64, 0u64);
+    while next < N {
+        let i: u64 = Postcard.decode(&srx.recv().await?)?;
+        match i.cmp(&next) {
+            std::cmp::Ordering::Equal => next += 1,
+            std::cmp::Ordering::Less => duplicated += 1,
+            std::cmp::Ordering::Greater => {
+                lost += i - next;
+                next = i + 1;
+            }
+        }
+    }
+    let ctx = sender.await?.map_err(|e| e.to_string())?;
+    let stats = ctx.stats();
+    println!(
+        "[stable {bound}] {} links killed, {} resumes, {} items replayed",
+        faults.kills(),
+        stats.session.resumes,
+        stats.session.items_replayed
+    );
+    println!("[stable {bound}] {N} sent, {next} received, {lost} lost, {duplicated} duplicated");
+    Ok(())
+}
+
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os(CHILD_ENV).is_some() {
@@ -253,6 +314,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("-- 3. a zero-copy shared-memory link to a child process --");
     shm_exchange().await?;
+
+    println!("-- 4. a stable session: exactly once, in order, while its link keeps dying --");
+    stable_exchange().await?;
+    println!("   (cargo run --example reconnect runs the same under a chaos loop, both ways)");
     println!("== tour finished ==");
     Ok(())
 }
