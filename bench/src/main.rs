@@ -59,9 +59,9 @@ fn contenders() -> Vec<Contender> {
 fn main() {
     let mut s = Settings {
         repeats: 5,
-        stream_bytes: 32 << 20,
+        stream_bytes: 64 << 20,
         max_stream_messages: 100_000,
-        round_trips: 3_000,
+        round_trips: 2_000,
         only: Vec::new(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
     };
@@ -70,9 +70,9 @@ fn main() {
         match a.as_str() {
             "--quick" => {
                 s.repeats = 3;
-                s.stream_bytes = 4 << 20;
+                s.stream_bytes = 8 << 20;
                 s.max_stream_messages = 20_000;
-                s.round_trips = 1_000;
+                s.round_trips = 500;
             }
             "--repeats" => {
                 s.repeats = args

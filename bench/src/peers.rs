@@ -289,9 +289,14 @@ mod ice {
             .expect("iceoryx2 node")
     }
 
+    /// Sends one sample. `send` returns how many subscribers got it: right after the
+    /// ports were created the subscriber may not be connected yet (0), and the sample would
+    /// be lost, so it is sent again until the one subscriber has it.
     fn publish(p: &Pub, payload: &[u8]) {
-        let s = p.loan_slice_uninit(payload.len()).expect("iceoryx2 loan");
-        s.write_from_slice(payload).send().expect("iceoryx2 send");
+        spin_until(|| {
+            let s = p.loan_slice_uninit(payload.len()).expect("iceoryx2 loan");
+            s.write_from_slice(payload).send().expect("iceoryx2 send") > 0
+        });
     }
 
     /// Busy-waits for the next sample and hands its payload to `f`.

@@ -44,10 +44,10 @@ pub struct Summary {
     /// Round trip: p50 of each repeat, in µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p50_us: Option<Spread>,
-    /// Round trip: p99 of each repeat, in µs.
+    /// Round trip: p99 of all repeats' samples pooled, in µs (min = max = median).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_us: Option<Spread>,
-    /// Round trip: p99.9 of each repeat, in µs.
+    /// Round trip: p99.9 of all repeats' samples pooled, in µs (min = max = median).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p999_us: Option<Spread>,
     /// One way: messages per second of each repeat.
@@ -84,10 +84,23 @@ pub fn summarize(m: &Measured) -> Summary {
                     v
                 })
                 .collect();
-            let pct = |q| Spread::of(sorted.iter().map(|v| percentile(v, q)).collect());
-            s.p50_us = pct(0.50);
-            s.p99_us = pct(0.99);
-            s.p999_us = pct(0.999);
+            s.p50_us = Spread::of(sorted.iter().map(|v| percentile(v, 0.50)).collect());
+            // Tails pool every repeat's samples (a repeat alone has too few for p99.9); the
+            // "spread" is then a single figure.
+            let mut all: Vec<u64> = sorted.concat();
+            all.sort_unstable();
+            let pooled = |q| {
+                (!all.is_empty()).then(|| {
+                    let v = percentile(&all, q);
+                    Spread {
+                        median: v,
+                        min: v,
+                        max: v,
+                    }
+                })
+            };
+            s.p99_us = pooled(0.99);
+            s.p999_us = pooled(0.999);
         }
         Kind::OneWay => {
             let rates: Vec<f64> = m
@@ -210,8 +223,8 @@ impl Report {
                             "contender",
                             "role",
                             "p50 µs [min–max]",
-                            "p99 µs",
-                            "p99.9 µs",
+                            "p99 µs*",
+                            "p99.9 µs*",
                             "vs baseline (p50)",
                             "vs best peer"
                         );
@@ -307,6 +320,11 @@ impl Report {
         );
         let _ = writeln!(
             t,
+            "p50: median over repeats of each repeat's median, [min–max] over repeats. \
+             *p99, p99.9: over all repeats' round trips pooled."
+        );
+        let _ = writeln!(
+            t,
             "'~' after a ratio: the two rows' min–max ranges over the repeats overlap, so this run \
              cannot rank them."
         );
@@ -316,7 +334,7 @@ impl Report {
     /// Writes `results.json`, `latency.svg` and `throughput.svg` into `dir`.
     pub fn write_files(&self, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(self)?)?;
+        std::fs::write(dir.join("results.json"), serde_json::to_vec(self)?)?;
         self.chart(&dir.join("latency.svg"), Kind::RoundTrip)?;
         self.chart(&dir.join("throughput.svg"), Kind::OneWay)?;
         Ok(())
@@ -331,6 +349,12 @@ impl Report {
                 names.push((&r.measured.contender, r.measured.role));
             }
         }
+        // Ours first (strongest colors, top of the legend), then peers, then baselines.
+        names.sort_by_key(|(_, role)| match role {
+            Role::Ours => 0,
+            Role::Peer => 1,
+            Role::Baseline => 2,
+        });
         let value = |r: &RowOut| match kind {
             Kind::RoundTrip => r.summary.p50_us.map(|s| s.median),
             Kind::OneWay => r.summary.bytes_per_s.map(|s| s.median),
@@ -352,8 +376,9 @@ impl Report {
             10f64.powf(hi.log10().ceil()),
         );
 
-        let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
+        let root = SVGBackend::new(path, (1280, 720)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (plot_area, legend_area) = root.split_horizontally(900);
         let (title, ylabel) = match kind {
             Kind::RoundTrip => (
                 "Round-trip latency, p50 (median of repeats; lower is better)",
@@ -364,21 +389,24 @@ impl Report {
                 "bytes/s (log)",
             ),
         };
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
+        // Sizes are evenly spaced categories (they are powers of 16 apart anyway).
+        let idx = |size: usize| SIZES.iter().position(|&s| s == size).unwrap_or(0) as f64;
+        let mut chart = ChartBuilder::on(&plot_area)
+            .caption(title, ("sans-serif", 20))
             .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(80)
-            .build_cartesian_2d((48f64..1.4e6f64).log_scale(), (lo..hi).log_scale())?;
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.25f64..(SIZES.len() as f64 - 0.75), (lo..hi).log_scale())?;
         chart
             .configure_mesh()
-            .x_desc("message size (log)")
+            .x_desc("message size")
             .y_desc(ylabel)
-            .x_labels(8)
+            .x_labels(SIZES.len())
+            .disable_x_mesh()
             .x_label_formatter(&|x| {
-                let n = x.round() as usize;
-                if SIZES.contains(&n) {
-                    fmt_size(n)
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < SIZES.len() {
+                    fmt_size(SIZES[i as usize])
                 } else {
                     String::new()
                 }
@@ -389,13 +417,15 @@ impl Report {
             })
             .draw()?;
 
+        legend_area.fill(&WHITE)?;
+        let mut ly = 40i32;
         for (i, (name, role)) in names.iter().enumerate() {
-            let color = Palette99::pick(i * 7).to_rgba();
+            let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = self
                 .rows
                 .iter()
                 .filter(|r| r.measured.kind == kind && r.measured.contender == *name)
-                .filter_map(|r| value(r).map(|v| (r.measured.size as f64, v)))
+                .filter_map(|r| value(r).map(|v| (idx(r.measured.size), v)))
                 .filter(|(_, v)| *v > 0.0)
                 .collect();
             if pts.is_empty() {
@@ -403,47 +433,75 @@ impl Report {
             }
             let width = match role {
                 Role::Ours => 3,
-                _ => 1,
+                Role::Peer => 2,
+                Role::Baseline => 1,
             };
-            let style = ShapeStyle::from(&color).stroke_width(width);
-            let series = chart.draw_series(LineSeries::new(pts.clone(), style))?;
-            let label = format!(
-                "{name}{}",
-                match role {
-                    Role::Baseline => " [baseline]",
-                    Role::Ours => " [ours]",
-                    Role::Peer => " [peer]",
-                }
-            );
-            series.label(label).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(width))
-            });
+            chart.draw_series(LineSeries::new(
+                pts.clone(),
+                ShapeStyle::from(&color).stroke_width(width),
+            ))?;
+            let tag = match role {
+                Role::Baseline => "baseline",
+                Role::Ours => "ours",
+                Role::Peer => "peer",
+            };
             match role {
                 Role::Peer => {
                     chart.draw_series(
                         pts.iter()
                             .map(|&p| TriangleMarker::new(p, 5, color.filled())),
                     )?;
+                    legend_area.draw(&TriangleMarker::new((20, ly), 5, color.filled()))?;
                 }
                 Role::Baseline => {
                     chart.draw_series(pts.iter().map(|&p| Cross::new(p, 4, color)))?;
+                    legend_area.draw(&Cross::new((20, ly), 4, color))?;
                 }
                 Role::Ours => {
                     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+                    legend_area.draw(&Circle::new((20, ly), 4, color.filled()))?;
                 }
             }
+            legend_area.draw(&PathElement::new(
+                vec![(8, ly), (32, ly)],
+                ShapeStyle::from(&color).stroke_width(width),
+            ))?;
+            legend_area.draw(&Text::new(
+                format!("{name}  [{tag}]"),
+                (40, ly - 7),
+                ("sans-serif", 13),
+            ))?;
+            ly += 22;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
         root.present()?;
         Ok(())
     }
 }
+
+/// Tableau 20: distinguishable colors for up to 20 lines (then they repeat, with the
+/// marker still telling the role apart).
+const PALETTE: [RGBColor; 20] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
+];
 
 /// Microseconds with sensible precision.
 pub fn us(v: f64) -> String {
