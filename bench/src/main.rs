@@ -58,7 +58,7 @@ fn contenders() -> Vec<Contender> {
 
 fn main() {
     let mut s = Settings {
-        repeats: 5,
+        repeats: 7,
         stream_bytes: 64 << 20,
         max_stream_messages: 100_000,
         round_trips: 2_000,
