@@ -139,7 +139,11 @@ async fn vox_unix_pair() -> (VoxUnix, VoxUnix, Keep) {
 
 async fn vox_tcp_pair() -> (VoxTcp, VoxTcp, Keep) {
     let (a, b) = tcp_pair().await;
-    (vox_stream::StreamLink::tcp(a), vox_stream::StreamLink::tcp(b), None)
+    (
+        vox_stream::StreamLink::tcp(a),
+        vox_stream::StreamLink::tcp(b),
+        None,
+    )
 }
 
 /// A vox-shm host/guest pair on a fresh file-backed segment: 1 MiB ring per direction,
@@ -416,22 +420,26 @@ pub fn contenders() -> Vec<Contender> {
     }
     for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {
         v.push(
-            vox_contender(format!("{VOX_SHM} ({})", flavor.label()), flavor, vox_shm_pair)
-                .vs(SPIN_COPY)
-                .vs_one_way(MEMCPY),
+            vox_contender(
+                format!("{VOX_SHM} ({})", flavor.label()),
+                flavor,
+                vox_shm_pair,
+            )
+            .vs(SPIN_COPY)
+            .vs_one_way(MEMCPY),
         );
     }
     v.push(
         Contender::new(IPC_CHANNEL, Role::Peer)
             .vs(SPIN_COPY)
-                .vs_one_way(MEMCPY)
+            .vs_one_way(MEMCPY)
             .round_trip(|_, size, n| ipc_round_trips(size, n))
             .one_way(|_, size, n| ipc_one_way(size, n)),
     );
     v.push(
         Contender::new(ICEORYX2, Role::Peer)
             .vs(SPIN_COPY)
-                .vs_one_way(MEMCPY)
+            .vs_one_way(MEMCPY)
             .round_trip(|_, size, n| ice::round_trips(size, n))
             .one_way(|_, size, n| ice::one_way(size, n)),
     );

@@ -265,16 +265,14 @@ impl Report {
                     }
                     let (fig, b, c) = match kind {
                         Kind::RoundTrip => (
-                            s.p50_us.map(|p| {
-                                format!("{} [{}–{}]", us(p.median), us(p.min), us(p.max))
-                            }),
+                            s.p50_us
+                                .map(|p| format!("{} [{}–{}]", us(p.median), us(p.min), us(p.max))),
                             s.p99_us.map(|p| us(p.median)),
                             s.p999_us.map(|p| us(p.median)),
                         ),
                         Kind::OneWay => (
-                            s.msgs_per_s.map(|p| {
-                                format!("{} [{}–{}]", si(p.median), si(p.min), si(p.max))
-                            }),
+                            s.msgs_per_s
+                                .map(|p| format!("{} [{}–{}]", si(p.median), si(p.min), si(p.max))),
                             s.bytes_per_s.map(|p| format!("{}B", si(p.median))),
                             None,
                         ),

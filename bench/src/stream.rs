@@ -170,7 +170,9 @@ pub fn contenders() -> Vec<Contender> {
                     .round_trip(move |ctx, size, n| {
                         ctx.block_on(flavor, raw_round_trips_on(net, size, n))
                     })
-                    .one_way(move |ctx, size, n| ctx.block_on(flavor, raw_one_way_on(net, size, n))),
+                    .one_way(move |ctx, size, n| {
+                        ctx.block_on(flavor, raw_one_way_on(net, size, n))
+                    }),
             );
         }
     }
