@@ -38,7 +38,7 @@ pub fn spin_until(mut cond: impl FnMut() -> bool) {
     while !cond() {
         spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % (1 << 16) == 0 {
+        if spins.is_multiple_of(1 << 16) {
             let s = *start.get_or_insert_with(Instant::now);
             assert!(s.elapsed() < SPIN_DEADLINE, "peer stopped answering");
         }

@@ -60,7 +60,7 @@ fn main() {
     let mut s = Settings {
         repeats: 7,
         stream_bytes: 64 << 20,
-        max_stream_messages: 100_000,
+        max_stream_messages: 40_000,
         round_trips: 2_000,
         only: Vec::new(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),

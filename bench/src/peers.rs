@@ -1,6 +1,7 @@
 //! Peer crates from crates.io, measured with the same scenarios as this crate's links:
 //! `vox-stream` 0.3.1 and `vox-shm` 0.3.1 (the seed's stream and shared-memory links, through
-//! their own `vox_types::Link` trait), `ipc-channel` (byte channels over Unix sockets,
+//! their own `vox_types::Link` trait), `vox-stream` 0.10.0-rc.7 (the latest release, whose
+//! `send` waits until the frame is flushed), `ipc-channel` (byte channels over Unix sockets,
 //! blocking threads) and `iceoryx2` (zero-copy publish-subscribe, busy-waiting receivers).
 
 use std::io;
@@ -184,6 +185,130 @@ async fn vox_shm_pair() -> (vox_shm::ShmLink, vox_shm::ShmLink, Keep) {
         .await
         .expect("vox-shm pair");
     (a, b, Some(dir))
+}
+
+// ---- vox-stream 0.10.0-rc.7: its Link trait sends owned Vec<u8>s and waits for the flush ----
+
+mod vox10 {
+    use super::*;
+    use vox_types_rc::{Link, LinkRx as _, LinkTx as _};
+
+    async fn round_trips<L: Link>(a: L, b: L, size: usize, n: usize) -> Vec<Duration>
+    where
+        L::Tx: Send + 'static,
+        L::Rx: Send + 'static,
+    {
+        let (atx, mut arx) = a.split();
+        let (btx, mut brx) = b.split();
+        let echo = tokio::spawn(async move {
+            while let Ok(Some(m)) = brx.recv().await {
+                if btx.send(m.as_bytes().to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let payload = vec![0x5Au8; size];
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..warmup(n) + n {
+            let t = Instant::now();
+            atx.send(payload.clone()).await.expect("vox send");
+            let m = arx.recv().await.expect("vox recv").expect("echo ended");
+            let d = t.elapsed();
+            assert_eq!(m.as_bytes().len(), size);
+            drop(m);
+            if i >= warmup(n) {
+                samples.push(d);
+            }
+        }
+        let _ = atx.close().await;
+        echo.abort();
+        let _ = echo.await;
+        samples
+    }
+
+    async fn one_way<L: Link>(a: L, b: L, size: usize, n: usize) -> Duration
+    where
+        L::Tx: Send + 'static,
+        L::Rx: Send + 'static,
+    {
+        let (tx, _arx) = a.split();
+        let (_btx, mut rx) = b.split();
+        let payload = vec![0xA5u8; size];
+        let start = Instant::now();
+        let reader = tokio::spawn(async move {
+            for _ in 0..n {
+                let m = rx.recv().await.expect("vox recv").expect("early EOF");
+                assert_eq!(m.as_bytes().len(), size);
+            }
+            rx
+        });
+        for _ in 0..n {
+            // The copy into an owned Vec is what a caller holding a borrowed message pays.
+            tx.send(payload.clone()).await.expect("vox send");
+        }
+        let _rx = reader.await.expect("reader task");
+        let d = start.elapsed();
+        let _ = tx.close().await;
+        d
+    }
+
+    type Unix = vox_stream_rc::StreamLink<
+        tokio::net::unix::OwnedReadHalf,
+        tokio::net::unix::OwnedWriteHalf,
+    >;
+    type Tcp =
+        vox_stream_rc::StreamLink<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+
+    fn unix_pair() -> (Unix, Unix) {
+        let (a, b) = tokio::net::UnixStream::pair().expect("socketpair");
+        (
+            vox_stream_rc::StreamLink::unix(a),
+            vox_stream_rc::StreamLink::unix(b),
+        )
+    }
+
+    async fn tcp_link_pair() -> (Tcp, Tcp) {
+        let (a, b) = tcp_pair().await;
+        (
+            vox_stream_rc::StreamLink::tcp(a),
+            vox_stream_rc::StreamLink::tcp(b),
+        )
+    }
+
+    /// vox-stream 0.10.0-rc.7 over a Unix socket pair or loopback TCP.
+    pub fn contender(net: Net, flavor: Flavor) -> Contender {
+        let name = format!("vox-stream 0.10-rc.7 {} ({})", net.label(), flavor.label());
+        Contender::new(name, Role::Peer)
+            .vs(raw_name(net, flavor))
+            .round_trip(move |ctx, size, n| {
+                ctx.block_on(flavor, async move {
+                    match net {
+                        Net::Unix => {
+                            let (a, b) = unix_pair();
+                            round_trips(a, b, size, n).await
+                        }
+                        Net::Tcp => {
+                            let (a, b) = tcp_link_pair().await;
+                            round_trips(a, b, size, n).await
+                        }
+                    }
+                })
+            })
+            .one_way(move |ctx, size, n| {
+                ctx.block_on(flavor, async move {
+                    match net {
+                        Net::Unix => {
+                            let (a, b) = unix_pair();
+                            one_way(a, b, size, n).await
+                        }
+                        Net::Tcp => {
+                            let (a, b) = tcp_link_pair().await;
+                            one_way(a, b, size, n).await
+                        }
+                    }
+                })
+            })
+    }
 }
 
 // ---- ipc-channel: blocking byte channels, one thread per side ----
@@ -417,6 +542,10 @@ pub fn contenders() -> Vec<Contender> {
             )
             .vs(raw_name(Net::Tcp, flavor)),
         );
+    }
+    for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {
+        v.push(vox10::contender(Net::Unix, flavor));
+        v.push(vox10::contender(Net::Tcp, flavor));
     }
     for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {
         v.push(

@@ -219,14 +219,13 @@ impl Report {
                         );
                         let _ = writeln!(
                             t,
-                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} {}",
+                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} vs best peer",
                             "contender",
                             "role",
                             "p50 µs [min–max]",
                             "p99 µs*",
                             "p99.9 µs*",
                             "vs baseline (p50)",
-                            "vs best peer"
                         );
                     }
                     Kind::OneWay => {
@@ -238,14 +237,13 @@ impl Report {
                         );
                         let _ = writeln!(
                             t,
-                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} {}",
+                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} vs best peer",
                             "contender",
                             "role",
                             "msg/s [min–max]",
                             "bytes/s",
                             "",
                             "vs baseline (msg/s)",
-                            "vs best peer"
                         );
                     }
                 }
