@@ -24,7 +24,7 @@ use crate::Settings;
 pub const SIZES: [usize; 4] = [64, 4 << 10, 64 << 10, 1 << 20];
 
 /// What a contender is, which decides which ratios the table shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// A reference point (physical floor, raw tokio); other rows are compared to it.
@@ -36,7 +36,7 @@ pub enum Role {
 }
 
 /// What a scenario measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Request/response latency (lower is better).
@@ -253,7 +253,7 @@ pub async fn link_one_way<L: Link>(a: L, b: L, size: usize, n: usize) -> Duratio
 }
 
 /// Raw samples of one contender in one scenario and size.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
     /// Scenario kind.
     pub kind: Kind,
@@ -268,13 +268,13 @@ pub struct Measured {
     /// Operations per repeat (round trips, or messages streamed).
     pub ops: usize,
     /// Round trip: per repeat, every round trip's duration in nanoseconds.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub round_trip_ns: Vec<Vec<u64>>,
     /// One way: per repeat, the total time in nanoseconds for `ops` messages.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub one_way_total_ns: Vec<u64>,
     /// Error text if the contender failed (panicked) in this scenario.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
 }
 

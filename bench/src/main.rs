@@ -38,6 +38,8 @@ pub struct Settings {
     pub only: Vec<String>,
     /// Where the JSON and the SVG charts are written.
     pub out: PathBuf,
+    /// Re-render the table and charts from this results.json instead of measuring.
+    pub from: Option<PathBuf>,
 }
 
 impl Settings {
@@ -64,6 +66,7 @@ fn main() {
         round_trips: 2_000,
         only: Vec::new(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+        from: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -91,11 +94,31 @@ fn main() {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| usage("--out needs a directory"))
             }
+            "--report" => {
+                s.from = Some(
+                    args.next()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| usage("--report needs a results.json")),
+                )
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
 
+    if let Some(from) = &s.from {
+        let report = report::Report::from_json(from).unwrap_or_else(|e| {
+            eprintln!("error: reading {}: {e}", from.display());
+            std::process::exit(1);
+        });
+        print!("{}", report.table());
+        let dir = from.parent().unwrap_or(std::path::Path::new("."));
+        if let Err(e) = report.chart_files(dir) {
+            eprintln!("error: writing charts to {}: {e}", dir.display());
+            std::process::exit(1);
+        }
+        return;
+    }
     let header = header(&s);
     for h in &header {
         eprintln!("{h}");
@@ -175,11 +198,13 @@ fn usage(err: &str) -> ! {
         eprintln!("error: {err}");
     }
     eprintln!(
-        "usage: tether-bench [--quick] [--repeats N] [--only NAME_FRAGMENT]... [--out DIR]\n\
+        "usage: tether-bench [--quick] [--repeats N] [--only NAME_FRAGMENT]... [--out DIR] [--report FILE]\n\
          \x20 --quick     3 repeats, fewer round trips and messages (about a minute)\n\
          \x20 --only X    only contenders whose name contains X (repeatable)\n\
          \x20 --out DIR   where results.json, latency.svg and throughput.svg go\n\
-         \x20             (default: bench/results)"
+         \x20             (default: bench/results)\n\
+         \x20 --report F  print the table and redraw the charts of an earlier results.json F\n\
+         \x20             (charts go next to F); measures nothing"
     );
     std::process::exit(if err.is_empty() { 0 } else { 2 });
 }

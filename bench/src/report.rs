@@ -4,12 +4,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::harness::{Kind, Measured, Role, SIZES};
 
 /// Median, min and max over repeats of one figure.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Spread {
     /// Median over repeats.
     pub median: f64,
@@ -31,15 +31,10 @@ impl Spread {
             max: v[v.len() - 1],
         })
     }
-
-    /// Whether the min–max ranges of `self` and `o` overlap: too noisy to rank.
-    fn overlaps(&self, o: &Spread) -> bool {
-        self.min <= o.max && o.min <= self.max
-    }
 }
 
 /// Summary figures of one row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Round trip: p50 of each repeat, in µs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +51,10 @@ pub struct Summary {
     /// One way: bytes per second of each repeat.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_s: Option<Spread>,
+    /// The ranking figure of each repeat, in repeat order (p50 µs or msg/s): repeats are
+    /// paired across contenders, so ratios are compared repeat by repeat.
+    #[serde(default)]
+    pub per_repeat: Vec<f64>,
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -71,6 +70,7 @@ pub fn summarize(m: &Measured) -> Summary {
         p999_us: None,
         msgs_per_s: None,
         bytes_per_s: None,
+        per_repeat: Vec::new(),
     };
     match m.kind {
         Kind::RoundTrip => {
@@ -84,7 +84,8 @@ pub fn summarize(m: &Measured) -> Summary {
                     v
                 })
                 .collect();
-            s.p50_us = Spread::of(sorted.iter().map(|v| percentile(v, 0.50)).collect());
+            s.per_repeat = sorted.iter().map(|v| percentile(v, 0.50)).collect();
+            s.p50_us = Spread::of(s.per_repeat.clone());
             // Tails pool every repeat's samples (a repeat alone has too few for p99.9); the
             // "spread" is then a single figure.
             let mut all: Vec<u64> = sorted.concat();
@@ -109,10 +110,36 @@ pub fn summarize(m: &Measured) -> Summary {
                 .map(|&ns| m.ops as f64 / (ns.max(1) as f64 / 1e9))
                 .collect();
             s.bytes_per_s = Spread::of(rates.iter().map(|r| r * m.size as f64).collect());
+            s.per_repeat = rates.clone();
             s.msgs_per_s = Spread::of(rates);
         }
     }
     s
+}
+
+/// Whether paired repeats `a[i]` vs `b[i]` rank the two rows: a two-sided sign test over
+/// the pairs that differ, p < 0.05.
+fn ranked(a: &[f64], b: &[f64]) -> bool {
+    let (mut above, mut below) = (0u32, 0u32);
+    for (x, y) in a.iter().zip(b) {
+        if x > y {
+            above += 1;
+        } else if x < y {
+            below += 1;
+        }
+    }
+    let n = above + below;
+    let k = above.min(below);
+    // P(X <= k) for X ~ Binomial(n, 1/2), doubled.
+    let mut c = 1f64;
+    let mut tail = 0f64;
+    for i in 0..=k {
+        if i > 0 {
+            c = c * f64::from(n - i + 1) / f64::from(i);
+        }
+        tail += c;
+    }
+    n > 0 && 2.0 * tail / 2f64.powi(n as i32) < 0.05
 }
 
 /// The figure rows are ranked by: p50 round trip (lower is better) or msg/s (higher).
@@ -121,7 +148,7 @@ fn key(s: &Summary) -> Option<Spread> {
 }
 
 /// Machine, settings and every row, raw and summarized.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Report {
     /// Machine description and settings, as printed at the top.
     pub header: Vec<String>,
@@ -130,7 +157,7 @@ pub struct Report {
 }
 
 /// One row of the JSON output.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct RowOut {
     /// The raw samples.
     #[serde(flatten)]
@@ -179,13 +206,21 @@ impl Report {
         best
     }
 
-    /// `this ÷ other` of the medians, with '~' when the ranges overlap.
+    /// `this ÷ other` of the medians, with '~' when the paired repeats do not rank the two:
+    /// repeat i of every contender ran back to back, so drifts of the machine hit both
+    /// alike; the ratio is taken repeat by repeat, and the order is only claimed when a
+    /// two-sided sign test over those paired ratios gives p < 0.05 (all 5 of 5, 7 of 7,
+    /// 8 of 9 repeats on the same side). With 3 repeats nothing can be ranked.
     fn ratio(this: &Summary, other: &Summary) -> String {
         match (key(this), key(other)) {
             (Some(a), Some(b)) => format!(
                 "{:.2}×{}",
                 a.median / b.median,
-                if a.overlaps(&b) { "~" } else { "" }
+                if ranked(&this.per_repeat, &other.per_repeat) {
+                    ""
+                } else {
+                    "~"
+                }
             ),
             _ => "-".into(),
         }
@@ -321,16 +356,32 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "'~' after a ratio: the two rows' min–max ranges over the repeats overlap, so this run \
-             cannot rank them."
+            "'~' after a ratio: too noisy to rank the two rows. Repeats are paired (every contender \
+             ran once per repeat, back to back); an order is claimed only when the repeat-by-repeat \
+             comparison passes a two-sided sign test at p < 0.05 (5 of 5, 7 of 7, 8 of 9 repeats)."
         );
         t
+    }
+
+    /// Reads a `results.json` written by an earlier run and summarizes it again (to re-render
+    /// the table and the charts without measuring).
+    pub fn from_json(path: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        let r: Report = serde_json::from_slice(&std::fs::read(path)?)?;
+        Ok(Report::new(
+            r.header,
+            r.rows.into_iter().map(|r| r.measured).collect(),
+        ))
     }
 
     /// Writes `results.json`, `latency.svg` and `throughput.svg` into `dir`.
     pub fn write_files(&self, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("results.json"), serde_json::to_vec(self)?)?;
+        self.chart_files(dir)
+    }
+
+    /// Writes `latency.svg` and `throughput.svg` into `dir`.
+    pub fn chart_files(&self, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         self.chart(&dir.join("latency.svg"), Kind::RoundTrip)?;
         self.chart(&dir.join("throughput.svg"), Kind::OneWay)?;
         Ok(())
