@@ -110,6 +110,8 @@ pub struct Contender {
     pub baseline: Option<String>,
     /// Name of the baseline for the one-way ratio (default: the same as `baseline`).
     pub baseline_one_way: Option<String>,
+    /// Peers are compared within a class ("stream unix (ct)"); None: against every peer.
+    pub class: Option<String>,
     /// Message sizes this contender takes part in (default: all of [`SIZES`]).
     pub sizes: Vec<usize>,
     /// Round-trip measurement, if the contender has one.
@@ -127,6 +129,7 @@ impl Contender {
             role,
             baseline: None,
             baseline_one_way: None,
+            class: None,
             sizes: SIZES.to_vec(),
             round_trip: None,
             one_way: None,
@@ -143,6 +146,13 @@ impl Contender {
     /// Compares this contender's one-way throughput to the baseline named `name`.
     pub fn vs_one_way(mut self, name: impl Into<String>) -> Self {
         self.baseline_one_way = Some(name.into());
+        self
+    }
+
+    /// Puts the contender in a class: the "vs best peer" column then takes the best peer of
+    /// the same class (for instance `"stream unix (ct)"`).
+    pub fn class(mut self, class: impl Into<String>) -> Self {
+        self.class = Some(class.into());
         self
     }
 
@@ -265,6 +275,9 @@ pub struct Measured {
     pub role: Role,
     /// Baseline name for the ratio column.
     pub baseline: Option<String>,
+    /// Class for the best-peer comparison.
+    #[serde(default)]
+    pub class: Option<String>,
     /// Operations per repeat (round trips, or messages streamed).
     pub ops: usize,
     /// Round trip: per repeat, every round trip's duration in nanoseconds.
@@ -328,6 +341,7 @@ pub fn run(s: &Settings, ctx: &Ctx, contenders: &[Contender]) -> Vec<Measured> {
                         Kind::RoundTrip => c.baseline.clone(),
                         Kind::OneWay => c.baseline_one_way.clone().or(c.baseline.clone()),
                     },
+                    class: c.class.clone(),
                     ops,
                     round_trip_ns: Vec::new(),
                     one_way_total_ns: Vec::new(),

@@ -131,8 +131,9 @@ fn main() {
     println!("total time: {:.0} s", start.elapsed().as_secs_f64());
     match report.write_files(&s.out) {
         Ok(()) => println!(
-            "raw figures: {}; charts: {}, {}",
+            "raw figures: {}; table: {}; charts: {}, {}",
             s.out.join("results.json").display(),
+            s.out.join("table.txt").display(),
             s.out.join("latency.svg").display(),
             s.out.join("throughput.svg").display()
         ),

@@ -13,7 +13,7 @@ use vox_types::{Link as VoxLink, LinkRx as _, LinkTx as _, LinkTxPermit as _, Wr
 
 use crate::baselines::{spin_until, MEMCPY, SPIN_COPY};
 use crate::harness::{warmup, Contender, Flavor, Role};
-use crate::stream::{raw_name, tcp_pair, Net};
+use crate::stream::{raw_name, stream_class, tcp_pair, Net};
 
 // ---- vox (vox-stream, vox-shm): generic over vox_types::Link ----
 
@@ -280,6 +280,7 @@ mod vox10 {
         let name = format!("vox-stream 0.10-rc.7 {} ({})", net.label(), flavor.label());
         Contender::new(name, Role::Peer)
             .vs(raw_name(net, flavor))
+            .class(stream_class(net, flavor))
             .round_trip(move |ctx, size, n| {
                 ctx.block_on(flavor, async move {
                     match net {
@@ -532,7 +533,8 @@ pub fn contenders() -> Vec<Contender> {
                 flavor,
                 vox_unix_pair,
             )
-            .vs(raw_name(Net::Unix, flavor)),
+            .vs(raw_name(Net::Unix, flavor))
+            .class(stream_class(Net::Unix, flavor)),
         );
         v.push(
             vox_contender(
@@ -540,7 +542,8 @@ pub fn contenders() -> Vec<Contender> {
                 flavor,
                 vox_tcp_pair,
             )
-            .vs(raw_name(Net::Tcp, flavor)),
+            .vs(raw_name(Net::Tcp, flavor))
+            .class(stream_class(Net::Tcp, flavor)),
         );
     }
     for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {

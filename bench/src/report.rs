@@ -186,15 +186,29 @@ impl Report {
     }
 
     /// The peer with the best median in this scenario and size.
-    fn best_peer(&self, kind: Kind, size: usize) -> Option<&RowOut> {
+    /// With a `class`, only peers of that class count (StreamLink unix (ct) against the
+    /// stream peers over Unix on a current-thread runtime); without one, or when no peer
+    /// has it, every peer does.
+    fn best_peer(&self, kind: Kind, size: usize, class: Option<&str>) -> Option<&RowOut> {
         let better = |a: f64, b: f64| match kind {
             Kind::RoundTrip => a < b,
             Kind::OneWay => a > b,
         };
+        let peers = |class: Option<&str>| -> Vec<&RowOut> {
+            self.rows
+                .iter()
+                .filter(|r| {
+                    r.measured.kind == kind
+                        && r.measured.size == size
+                        && r.measured.role == Role::Peer
+                        && (class.is_none() || r.measured.class.as_deref() == class)
+                        && key(&r.summary).is_some()
+                })
+                .collect()
+        };
+        let class = class.filter(|_| !peers(class).is_empty());
         let mut best: Option<&RowOut> = None;
-        for r in self.rows.iter().filter(|r| {
-            r.measured.kind == kind && r.measured.size == size && r.measured.role == Role::Peer
-        }) {
+        for r in peers(class) {
             let Some(k) = key(&r.summary) else { continue };
             if best
                 .and_then(|b| key(&b.summary))
@@ -242,7 +256,6 @@ impl Report {
                 if rows.is_empty() {
                     continue;
                 }
-                let best = self.best_peer(kind, size);
                 let _ = writeln!(t);
                 match kind {
                     Kind::RoundTrip => {
@@ -254,7 +267,7 @@ impl Report {
                         );
                         let _ = writeln!(
                             t,
-                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} vs best peer",
+                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} vs best peer (of its class)",
                             "contender",
                             "role",
                             "p50 µs [min–max]",
@@ -272,7 +285,7 @@ impl Report {
                         );
                         let _ = writeln!(
                             t,
-                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} vs best peer",
+                            "{:<34} {:>8} {:>24} {:>9} {:>9}  {:<36} vs best peer (of its class)",
                             "contender",
                             "role",
                             "msg/s [min–max]",
@@ -319,6 +332,7 @@ impl Report {
                         },
                         None => String::new(),
                     };
+                    let best = self.best_peer(kind, size, m.class.as_deref());
                     let vs_peer = match best {
                         Some(p) if m.role != Role::Baseline => {
                             if std::ptr::eq(p, r) {
@@ -351,6 +365,12 @@ impl Report {
         );
         let _ = writeln!(
             t,
+            "best peer of its class: the peers of the same transport and runtime (stream \
+             contenders: vox-stream over the same socket kind and runtime); rows without a class \
+             take the best of all peers."
+        );
+        let _ = writeln!(
+            t,
             "p50: median over repeats of each repeat's median, [min–max] over repeats. \
              *p99, p99.9: over all repeats' round trips pooled."
         );
@@ -373,10 +393,11 @@ impl Report {
         ))
     }
 
-    /// Writes `results.json`, `latency.svg` and `throughput.svg` into `dir`.
+    /// Writes `results.json`, `table.txt`, `latency.svg` and `throughput.svg` into `dir`.
     pub fn write_files(&self, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("results.json"), serde_json::to_vec(self)?)?;
+        std::fs::write(dir.join("table.txt"), self.table())?;
         self.chart_files(dir)
     }
 

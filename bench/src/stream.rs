@@ -37,6 +37,12 @@ pub fn raw_name(net: Net, flavor: Flavor) -> String {
     format!("raw Framed {} ({})", net.label(), flavor.label())
 }
 
+/// The class stream contenders share, so that "best peer" means the best stream peer over
+/// the same socket kind on the same runtime.
+pub fn stream_class(net: Net, flavor: Flavor) -> String {
+    format!("stream {} ({})", net.label(), flavor.label())
+}
+
 /// A connected TCP pair on loopback, `TCP_NODELAY` on both ends.
 pub async fn tcp_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -180,11 +186,13 @@ pub fn contenders() -> Vec<Contender> {
         let name = |net: Net| format!("StreamLink {} ({})", net.label(), flavor.label());
         v.push(
             Contender::link(name(Net::Unix), Role::Ours, flavor, unix_link_pair)
-                .vs(raw_name(Net::Unix, flavor)),
+                .vs(raw_name(Net::Unix, flavor))
+                .class(stream_class(Net::Unix, flavor)),
         );
         v.push(
             Contender::link(name(Net::Tcp), Role::Ours, flavor, tcp_link_pair)
-                .vs(raw_name(Net::Tcp, flavor)),
+                .vs(raw_name(Net::Tcp, flavor))
+                .class(stream_class(Net::Tcp, flavor)),
         );
     }
     v
