@@ -1,7 +1,7 @@
 //! actix-tether benchmarks against baselines and peer crates, side by side in one run.
 //!
 //! ```text
-//! cargo run --release -p tether-bench -- [--quick] [--repeats N] [--only TEXT] [--out DIR]
+//! cargo run --release -p tether-bench -- [--quick] [--repeats N] [--only TEXT] [--out DIR] [--report FILE]
 //! ```
 //!
 //! Method: each scenario (round trip or one-way streaming, at one message size) runs every
@@ -200,7 +200,7 @@ fn usage(err: &str) -> ! {
     }
     eprintln!(
         "usage: tether-bench [--quick] [--repeats N] [--only NAME_FRAGMENT]... [--out DIR] [--report FILE]\n\
-         \x20 --quick     3 repeats, fewer round trips and messages (about a minute)\n\
+         \x20 --quick     3 repeats, fewer round trips and messages (about 30 s)\n\
          \x20 --only X    only contenders whose name contains X (repeatable)\n\
          \x20 --out DIR   where results.json, latency.svg and throughput.svg go\n\
          \x20             (default: bench/results)\n\
