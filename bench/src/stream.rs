@@ -1,33 +1,30 @@
-//! StreamLink over Unix sockets and TCP vs raw tokio `Framed<_, LengthDelimitedCodec>` over
-//! the same sockets (same `[u32 LE len][payload]` wire format).
+//! StreamLink over Unix sockets and TCP, and the raw tokio baseline it is measured against:
+//! `Framed<_, LengthDelimitedCodec>` over the same sockets with the same
+//! `[u32 LE len][payload]` wire format.
 
 use std::time::{Duration, Instant};
 
 use actix_tether::links::stream::StreamLink;
-use actix_tether::links::{send_bytes, Link, LinkRx};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::report::{Kind, Report, Row};
-use crate::{Flavor, Settings};
+use crate::harness::{warmup, Contender, Flavor, Role};
 
-pub const SIZES: [usize; 3] = [64, 4096, 65536];
-
-const RAW: &str = "raw Framed<LengthDelimited>";
-const OURS: &str = "StreamLink";
-
-/// A connected socket pair of one kind.
-#[derive(Clone, Copy)]
-enum Net {
+/// A kind of connected socket pair.
+#[derive(Clone, Copy, Debug)]
+pub enum Net {
+    /// A Unix stream socket pair.
     Unix,
+    /// TCP over loopback with `TCP_NODELAY`.
     Tcp,
 }
 
 impl Net {
-    fn name(self) -> &'static str {
+    /// Short label used in contender names.
+    pub fn label(self) -> &'static str {
         match self {
             Net::Unix => "unix",
             Net::Tcp => "tcp",
@@ -35,13 +32,25 @@ impl Net {
     }
 }
 
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+/// Name of the raw tokio baseline over `net` on `flavor`.
+pub fn raw_name(net: Net, flavor: Flavor) -> String {
+    format!("raw Framed {} ({})", net.label(), flavor.label())
+}
+
+/// The class stream contenders share, so that "best peer" means the best stream peer over
+/// the same socket kind on the same runtime.
+pub fn stream_class(net: Net, flavor: Flavor) -> String {
+    format!("stream {} ({})", net.label(), flavor.label())
+}
+
+/// A connected TCP pair on loopback, `TCP_NODELAY` on both ends.
+pub async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("local addr");
     let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-    let (a, b) = (a.unwrap(), b.unwrap().0);
-    a.set_nodelay(true).unwrap();
-    b.set_nodelay(true).unwrap();
+    let (a, b) = (a.expect("connect"), b.expect("accept").0);
+    a.set_nodelay(true).expect("nodelay");
+    b.set_nodelay(true).expect("nodelay");
     (a, b)
 }
 
@@ -53,55 +62,8 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-// ---- generic link measurements (used for every transport of this crate) ----
-
-/// Time to stream `n` messages of `size` bytes from `a` to `b`.
-pub async fn link_throughput<L: Link>(a: L, b: L, size: usize, n: usize) -> Duration {
-    let (mut tx, _arx) = a.split();
-    let (_btx, mut rx) = b.split();
-    let payload = vec![0xA5u8; size];
-    let start = Instant::now();
-    let reader = tokio::spawn(async move {
-        for _ in 0..n {
-            let m = rx.recv().await.unwrap().expect("early EOF");
-            assert_eq!(m.len(), size);
-        }
-        rx
-    });
-    for _ in 0..n {
-        send_bytes(&mut tx, &payload).await.unwrap();
-    }
-    let _rx = reader.await.unwrap();
-    start.elapsed()
-}
-
-/// Time for `n` request/response round trips of `size`-byte messages.
-pub async fn link_round_trips<L: Link>(a: L, b: L, size: usize, n: usize) -> Duration {
-    let (mut atx, mut arx) = a.split();
-    let (mut btx, mut brx) = b.split();
-    let echo = tokio::spawn(async move {
-        while let Ok(Some(m)) = brx.recv().await {
-            if send_bytes(&mut btx, &m).await.is_err() {
-                break;
-            }
-        }
-    });
-    let payload = vec![0x5Au8; size];
-    let start = Instant::now();
-    for _ in 0..n {
-        send_bytes(&mut atx, &payload).await.unwrap();
-        let m = arx.recv().await.unwrap().expect("echo ended");
-        assert_eq!(m.len(), size);
-    }
-    let t = start.elapsed();
-    drop(atx);
-    let _ = echo.await;
-    t
-}
-
-// ---- raw tokio-util baseline ----
-
-async fn raw_throughput<R, W>(w: W, r: R, size: usize, n: usize) -> Duration
+/// Batched `feed` of `n` frames and one `flush`, read by a task on the same runtime.
+async fn raw_one_way<R, W>(w: W, r: R, size: usize, n: usize) -> Duration
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -112,24 +74,25 @@ where
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         for _ in 0..n {
-            let m = stream.next().await.unwrap().unwrap();
+            let m = stream.next().await.expect("early EOF").expect("read");
             assert_eq!(m.len(), size);
         }
     });
     for _ in 0..n {
-        sink.feed(payload.clone()).await.unwrap();
+        sink.feed(payload.clone()).await.expect("feed");
     }
-    SinkExt::<Bytes>::flush(&mut sink).await.unwrap();
-    reader.await.unwrap();
+    SinkExt::<Bytes>::flush(&mut sink).await.expect("flush");
+    reader.await.expect("reader task");
     start.elapsed()
 }
 
-async fn raw_round_trips<S>(a: S, b: S, size: usize, n: usize) -> Duration
+/// `send` (feed + flush) and `next` per round trip; the echo task sends back what it got.
+async fn raw_round_trips<S>(a: S, b: S, size: usize, n: usize) -> Vec<Duration>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut client = tokio_util::codec::Framed::new(a, codec());
-    let mut server = tokio_util::codec::Framed::new(b, codec());
+    let mut client = Framed::new(a, codec());
+    let mut server = Framed::new(b, codec());
     let echo = tokio::spawn(async move {
         while let Some(Ok(m)) = server.next().await {
             if server.send(m.freeze()).await.is_err() {
@@ -138,69 +101,43 @@ where
         }
     });
     let payload = Bytes::from(vec![0x5Au8; size]);
-    let start = Instant::now();
-    for _ in 0..n {
-        client.send(payload.clone()).await.unwrap();
-        let m = client.next().await.unwrap().unwrap();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup(n) + n {
+        let t = Instant::now();
+        client.send(payload.clone()).await.expect("send");
+        let m = client.next().await.expect("echo ended").expect("read");
+        let d = t.elapsed();
         assert_eq!(m.len(), size);
+        if i >= warmup(n) {
+            samples.push(d);
+        }
     }
-    let t = start.elapsed();
     drop(client);
     let _ = echo.await;
-    t
+    samples
 }
 
-async fn ours_throughput(net: Net, size: usize, n: usize) -> Duration {
+async fn raw_one_way_on(net: Net, size: usize, n: usize) -> Duration {
     match net {
         Net::Unix => {
-            let (a, b) = StreamLink::unix_pair(Default::default()).unwrap();
-            link_throughput(a, b, size, n).await
-        }
-        Net::Tcp => {
-            let (a, b) = tcp_pair().await;
-            let a = StreamLink::tcp(a, Default::default()).unwrap();
-            let b = StreamLink::tcp(b, Default::default()).unwrap();
-            link_throughput(a, b, size, n).await
-        }
-    }
-}
-
-async fn ours_round_trips(net: Net, size: usize, n: usize) -> Duration {
-    match net {
-        Net::Unix => {
-            let (a, b) = StreamLink::unix_pair(Default::default()).unwrap();
-            link_round_trips(a, b, size, n).await
-        }
-        Net::Tcp => {
-            let (a, b) = tcp_pair().await;
-            let a = StreamLink::tcp(a, Default::default()).unwrap();
-            let b = StreamLink::tcp(b, Default::default()).unwrap();
-            link_round_trips(a, b, size, n).await
-        }
-    }
-}
-
-async fn baseline_throughput(net: Net, size: usize, n: usize) -> Duration {
-    match net {
-        Net::Unix => {
-            let (a, b) = UnixStream::pair().unwrap();
+            let (a, b) = UnixStream::pair().expect("socketpair");
             let (_ar, aw) = a.into_split();
             let (br, _bw) = b.into_split();
-            raw_throughput(aw, br, size, n).await
+            raw_one_way(aw, br, size, n).await
         }
         Net::Tcp => {
             let (a, b) = tcp_pair().await;
             let (_ar, aw) = a.into_split();
             let (br, _bw) = b.into_split();
-            raw_throughput(aw, br, size, n).await
+            raw_one_way(aw, br, size, n).await
         }
     }
 }
 
-async fn baseline_round_trips(net: Net, size: usize, n: usize) -> Duration {
+async fn raw_round_trips_on(net: Net, size: usize, n: usize) -> Vec<Duration> {
     match net {
         Net::Unix => {
-            let (a, b) = UnixStream::pair().unwrap();
+            let (a, b) = UnixStream::pair().expect("socketpair");
             raw_round_trips(a, b, size, n).await
         }
         Net::Tcp => {
@@ -210,56 +147,53 @@ async fn baseline_round_trips(net: Net, size: usize, n: usize) -> Duration {
     }
 }
 
-/// Runs the stream scenarios.
-pub async fn run(s: &Settings, flavor: Flavor, report: &mut Report) {
+/// This crate's StreamLink over a Unix socket pair.
+type UnixLink = StreamLink<tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf>;
+/// This crate's StreamLink over loopback TCP.
+type TcpLink = StreamLink<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+
+/// A fresh StreamLink pair over a Unix socket pair.
+pub async fn unix_link_pair() -> (UnixLink, UnixLink) {
+    StreamLink::unix_pair(Default::default()).expect("unix pair")
+}
+
+/// A fresh StreamLink pair over loopback TCP.
+pub async fn tcp_link_pair() -> (TcpLink, TcpLink) {
+    let (a, b) = tcp_pair().await;
+    (
+        StreamLink::tcp(a, Default::default()).expect("tcp link"),
+        StreamLink::tcp(b, Default::default()).expect("tcp link"),
+    )
+}
+
+/// Raw tokio baselines and this crate's StreamLink, over Unix and TCP, on both runtimes.
+pub fn contenders() -> Vec<Contender> {
+    let mut v = Vec::new();
     for net in [Net::Unix, Net::Tcp] {
-        for size in SIZES {
-            let n = s.stream_messages(size);
-            let (mut raw, mut ours) = (Vec::new(), Vec::new());
-            for _ in 0..s.repeats {
-                raw.push(baseline_throughput(net, size, n).await);
-                ours.push(ours_throughput(net, size, n).await);
-            }
-            let scenario = format!("stream {} one-way ({})", net.name(), flavor.label());
-            push_pair(report, &scenario, size, Kind::Throughput, n, raw, ours);
-
-            let n = s.round_trips;
-            let (mut raw, mut ours) = (Vec::new(), Vec::new());
-            for _ in 0..s.repeats {
-                raw.push(baseline_round_trips(net, size, n).await);
-                ours.push(ours_round_trips(net, size, n).await);
-            }
-            let scenario = format!("stream {} round trip ({})", net.name(), flavor.label());
-            push_pair(report, &scenario, size, Kind::RoundTrip, n, raw, ours);
+        for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {
+            v.push(
+                Contender::new(raw_name(net, flavor), Role::Baseline)
+                    .round_trip(move |ctx, size, n| {
+                        ctx.block_on(flavor, raw_round_trips_on(net, size, n))
+                    })
+                    .one_way(move |ctx, size, n| {
+                        ctx.block_on(flavor, raw_one_way_on(net, size, n))
+                    }),
+            );
         }
     }
-}
-
-fn push_pair(
-    report: &mut Report,
-    scenario: &str,
-    size: usize,
-    kind: Kind,
-    ops: usize,
-    raw: Vec<Duration>,
-    ours: Vec<Duration>,
-) {
-    report.push(Row {
-        scenario: scenario.into(),
-        size,
-        contender: RAW.into(),
-        kind,
-        samples: raw,
-        ops,
-        baseline: None,
-    });
-    report.push(Row {
-        scenario: scenario.into(),
-        size,
-        contender: OURS.into(),
-        kind,
-        samples: ours,
-        ops,
-        baseline: Some(RAW.into()),
-    });
+    for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {
+        let name = |net: Net| format!("StreamLink {} ({})", net.label(), flavor.label());
+        v.push(
+            Contender::link(name(Net::Unix), Role::Ours, flavor, unix_link_pair)
+                .vs(raw_name(Net::Unix, flavor))
+                .class(stream_class(Net::Unix, flavor)),
+        );
+        v.push(
+            Contender::link(name(Net::Tcp), Role::Ours, flavor, tcp_link_pair)
+                .vs(raw_name(Net::Tcp, flavor))
+                .class(stream_class(Net::Tcp, flavor)),
+        );
+    }
+    v
 }
