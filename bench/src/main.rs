@@ -14,6 +14,7 @@
 
 mod baselines;
 mod harness;
+mod ours;
 mod peers;
 mod report;
 mod stream;
@@ -54,6 +55,7 @@ impl Settings {
 fn contenders() -> Vec<Contender> {
     let mut v = baselines::contenders();
     v.extend(stream::contenders());
+    v.extend(ours::contenders());
     v.extend(peers::contenders());
     v
 }
