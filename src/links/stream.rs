@@ -321,16 +321,26 @@ async fn writer_task<W: AsyncWrite + Unpin>(
             };
             match chunk {
                 Some(chunk) => {
+                    // The buffer is empty again: let a waiting sender fill it while this
+                    // chunk is written (double buffering; memory stays within 2 × the
+                    // high-water mark plus one frame each).
+                    shared.space.notify_one();
                     w.write_all(&chunk).await?;
                     drop(chunk);
                     unflushed = true;
-                    shared.space.notify_one();
                 }
                 None if unflushed => {
                     w.flush().await?;
                     unflushed = false;
                 }
-                None => notified.await,
+                None => {
+                    notified.await;
+                    // Coalescing: one trip through the scheduler before taking the buffer
+                    // lets a sender that is still running commit more frames into the same
+                    // write (one system call for the burst). Not a polling loop: it happens
+                    // once per wake-up, and only after a commit woke the writer.
+                    tokio::task::yield_now().await;
+                }
             }
         }
         w.flush().await?;
