@@ -87,20 +87,20 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
 use super::bootstrap::{
-    self, BootstrapConfig, BootstrapConn, BootstrapError, BootstrapListener, JoinRequest,
-    Joining, PeerGone, RefuseReason, Welcome,
+    self, BootstrapConfig, BootstrapConn, BootstrapError, BootstrapListener, JoinRequest, Joining,
+    PeerGone, RefuseReason, Welcome,
 };
 use super::doorbell::Liveness;
 use super::layout::LAYOUT_VERSION;
 use super::link::{HubSide, ShmConfig, ShmLink};
 use super::peers::{DisconnectReason, PeerError, PeerHandle, PeerTable, SlotState};
-use super::slab::SlabReceiver;
 use super::segment::io_err;
+use super::slab::SlabReceiver;
 use super::ShmError;
 
 /// Environment variable naming the hub's socket path, set by [`Hub::spawn`].
@@ -288,7 +288,9 @@ impl Hub {
     /// Binds the hub's socket at `path` (a stale socket file nobody listens on is replaced).
     pub fn bind(path: impl AsRef<Path>, config: HubConfig) -> Result<Hub, HubError> {
         if config.spawn_join_timeout.is_zero() {
-            return Err(HubError::InvalidConfig("spawn_join_timeout must be non-zero"));
+            return Err(HubError::InvalidConfig(
+                "spawn_join_timeout must be non-zero",
+            ));
         }
         let table = PeerTable::new(config.max_guests)?;
         // Checks the link configuration once, up front (a throw-away in-process pair would
@@ -335,16 +337,24 @@ impl Hub {
         rx
     }
 
-    /// Peer slots free now (after sweeping draining slots whose buffers were released).
-    pub fn free_slots(&self) -> usize {
-        let mut st = lock(&self.state);
-        st.sweep();
-        st.table.free_count()
+    /// A cloneable handle for spawning guests and inspecting slots while another task
+    /// owns the hub (e.g. runs [`accept`](Self::accept) in a loop).
+    pub fn handle(&self) -> HubHandle {
+        HubHandle {
+            state: self.state.clone(),
+            path: self.listener.path().to_path_buf(),
+            spawn_join_timeout: self.config.spawn_join_timeout,
+        }
     }
 
-    /// The state of every slot that is not free.
-    pub fn slots(&self) -> Vec<(PeerHandle, SlotState)> {
-        lock(&self.state).table.iter().collect()
+    /// Peer slots free now (after sweeping draining slots whose buffers were released).
+    pub fn free_slots(&self) -> usize {
+        self.handle().free_slots()
+    }
+
+    /// See [`HubHandle::spawn`].
+    pub fn spawn(&self, command: Command) -> Result<Child, HubError> {
+        self.handle().spawn(command)
     }
 
     /// Waits for the next guest to complete its join. Connections are handshaken
@@ -377,22 +387,54 @@ impl Hub {
             }
         }
     }
+}
+
+/// A cloneable handle on a [`Hub`]'s slots (see [`Hub::handle`]). It does not keep the
+/// hub's socket open.
+#[derive(Clone)]
+pub struct HubHandle {
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+    spawn_join_timeout: Duration,
+}
+
+impl fmt::Debug for HubHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubHandle")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubHandle {
+    /// Peer slots free now (after sweeping draining slots whose buffers were released).
+    pub fn free_slots(&self) -> usize {
+        let mut st = lock(&self.state);
+        st.sweep();
+        st.table.free_count()
+    }
+
+    /// The state of every slot that is not free.
+    pub fn slots(&self) -> Vec<(PeerHandle, SlotState)> {
+        lock(&self.state).table.iter().collect()
+    }
 
     /// Starts `command` as a guest: reserves a slot for it and sets [`HUB_PATH_ENV`] and
     /// [`HUB_TOKEN_ENV`] in its environment (nothing else is inherited). The child joins
-    /// with [`ShmConnector::from_env`]; its link arrives through [`accept`](Self::accept).
-    /// Fails with [`HubError::Full`] when no slot is free.
+    /// with [`ShmConnector::from_env`]; its link arrives through [`Hub::accept`]. Fails
+    /// with [`HubError::Full`] when no slot is free. Spawning forks: call it from a thread
+    /// that may block for a moment (the `Command` machinery waits for `exec`).
     pub fn spawn(&self, mut command: Command) -> Result<Child, HubError> {
         let token = random_token();
         let handle = {
             let mut st = lock(&self.state);
             let h = st.reserve()?;
-            let deadline = Instant::now() + self.config.spawn_join_timeout;
+            let deadline = Instant::now() + self.spawn_join_timeout;
             st.tokens.insert(token, (h, deadline));
             h
         };
         command
-            .env(HUB_PATH_ENV, self.listener.path())
+            .env(HUB_PATH_ENV, &self.path)
             .env(HUB_TOKEN_ENV, token.to_string());
         match command.spawn() {
             Ok(child) => Ok(child),
@@ -479,7 +521,10 @@ async fn handshake(
         Ok(h) => h,
         Err((reason, detail)) => {
             joining.refuse(reason, detail).await?;
-            return Err(HubError::Bootstrap(BootstrapError::Refused { reason, detail }));
+            return Err(HubError::Bootstrap(BootstrapError::Refused {
+                reason,
+                detail,
+            }));
         }
     };
     let cancel = |e: HubError| {
