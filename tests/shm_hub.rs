@@ -35,9 +35,9 @@ use actix_tether::actors::{
 use actix_tether::codec::Postcard;
 use actix_tether::links::{send_bytes, Link, LinkRx};
 use actix_tether::shm::bootstrap::{self, BootstrapConfig, JoinRequest};
-use actix_tether::shm::layout::LAYOUT_VERSION;
 use actix_tether::shm::hub::{Hub, HubConfig, HubEvent, HubHandle, ShmConnector};
 use actix_tether::shm::layout::RegionId;
+use actix_tether::shm::layout::LAYOUT_VERSION;
 use actix_tether::shm::peers::DisconnectReason;
 use actix_tether::shm::segment::Segment;
 use actors_support::{guard, Collector, Msg};
@@ -408,7 +408,9 @@ async fn echo_guest() -> Result<(), String> {
         Ok::<_, String>(writer)
     });
     for seq in 0..ECHOES {
-        let r = guard("echo", replies.recv()).await.ok_or("reader stopped")?;
+        let r = guard("echo", replies.recv())
+            .await
+            .ok_or("reader stopped")?;
         if r.msg != Msg::new(me, seq) {
             return Err(format!("guest {me}: echo {seq} wrong: {:?}", r.msg));
         }

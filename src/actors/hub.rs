@@ -155,7 +155,7 @@ impl ShmHub {
 
 /// One item of the actor's input stream.
 enum Item {
-    Guest(Result<HubGuest, HubError>),
+    Guest(Box<Result<HubGuest, HubError>>),
     Left(HubEvent),
 }
 
@@ -174,7 +174,7 @@ impl Actor for ShmHub {
             }
             let r = hub.accept().await;
             let failed = r.is_err();
-            Some((Item::Guest(r), (hub, failed)))
+            Some((Item::Guest(Box::new(r)), (hub, failed)))
         });
         let left = futures::stream::unfold(departures, |mut rx| async move {
             rx.recv().await.map(|e| (Item::Left(e), rx))
@@ -186,29 +186,31 @@ impl Actor for ShmHub {
 impl StreamHandler<Item> for ShmHub {
     fn handle(&mut self, item: Item, ctx: &mut Context<Self>) {
         match item {
-            Item::Guest(Ok(guest)) => {
-                let id = LinkId::next();
-                self.events.do_send(HubPeerEvent::Joined(PeerJoined {
-                    peer: guest.peer,
-                    pid: guest.pid,
-                    link: id,
-                }));
-                let incoming = Incoming::new(AnyLink::from(guest.link), id, self.local.clone());
-                match offer(&self.incoming, incoming) {
-                    Delivery::Done => {}
-                    Delivery::Wait(request) => {
-                        ctx.wait(request.into_actor(self).map(|res, _, ctx| {
-                            if res.is_err() {
-                                ctx.stop();
-                            }
-                        }));
+            Item::Guest(guest) => match *guest {
+                Ok(guest) => {
+                    let id = LinkId::next();
+                    self.events.do_send(HubPeerEvent::Joined(PeerJoined {
+                        peer: guest.peer,
+                        pid: guest.pid,
+                        link: id,
+                    }));
+                    let incoming = Incoming::new(AnyLink::from(guest.link), id, self.local.clone());
+                    match offer(&self.incoming, incoming) {
+                        Delivery::Done => {}
+                        Delivery::Wait(request) => {
+                            ctx.wait(request.into_actor(self).map(|res, _, ctx| {
+                                if res.is_err() {
+                                    ctx.stop();
+                                }
+                            }));
+                        }
+                        Delivery::Gone => ctx.stop(),
                     }
-                    Delivery::Gone => ctx.stop(),
                 }
-            }
-            Item::Guest(Err(e)) => {
-                tracing::warn!("shm hub {}: accept failed: {e}", self.local);
-            }
+                Err(e) => {
+                    tracing::warn!("shm hub {}: accept failed: {e}", self.local);
+                }
+            },
             Item::Left(HubEvent::Left { peer, reason }) => {
                 self.events
                     .do_send(HubPeerEvent::Left(PeerLeft { peer, reason }));
