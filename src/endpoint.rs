@@ -28,7 +28,7 @@
 //!   [`AnyLink::Shm`]; [`listen`] binds a hub ([`crate::shm::hub::Hub`], default
 //!   configuration) whose [`Listener::accept`] yields each joining guest's link (a full hub
 //!   refuses with [`io::ErrorKind::ConnectionRefused`] at the guest). Departure events and
-//!   spawning need the [`Hub`](crate::shm::hub::Hub) itself.
+//!   spawning need the [`crate::shm::hub::Hub`] itself.
 //!
 //! Only schemes whose transport exists are accepted; every malformed input is an
 //! [`EndpointError`] that names the input and what is wrong with it. Failures to connect,

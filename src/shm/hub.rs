@@ -9,7 +9,7 @@
 //! # Joining
 //!
 //! A guest connects to the hub's Unix socket ([`ShmConnector`]) and sends a join request
-//! (see [`bootstrap`](super::bootstrap)). The hub takes a peer slot in its
+//! (see [`super::bootstrap`]). The hub takes a peer slot in its
 //! [`PeerTable`] (or refuses: [`RefuseReason::Full`] when `max_guests` slots are taken),
 //! creates the guest's shared state and replies, in **one** `SCM_RIGHTS` message, with the
 //! segment descriptor and the four doorbell eventfds. Both sides then build a [`ShmLink`]
