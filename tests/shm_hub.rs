@@ -15,6 +15,10 @@
 //!   process, alternately closing cleanly and dropping only the socket): descriptors,
 //!   mappings (`/proc/self/maps`) and free slots back to their starting values.
 //!
+//! * `shm_endpoint_connect_listen_and_full_refusal` — `shm://` parse/Display, `connect`
+//!   before anything listens (`NotFound`), `listen` + `connect` exchange a message; a hub
+//!   with one slot refuses a second guest with `Refused { Full }`.
+//!
 //! No wall-clock assertion: every wait has a generous deadlock guard.
 
 #![cfg(all(target_os = "linux", feature = "actors"))]
@@ -34,8 +38,10 @@ use actix_tether::actors::{
 };
 use actix_tether::codec::Postcard;
 use actix_tether::links::{send_bytes, Link, LinkRx};
-use actix_tether::shm::bootstrap::{self, BootstrapConfig, JoinRequest};
-use actix_tether::shm::hub::{Hub, HubConfig, HubEvent, HubHandle, ShmConnector};
+use actix_tether::shm::bootstrap::{
+    self, BootstrapConfig, BootstrapError, JoinRequest, RefuseReason,
+};
+use actix_tether::shm::hub::{Hub, HubConfig, HubError, HubEvent, HubHandle, ShmConnector};
 use actix_tether::shm::layout::RegionId;
 use actix_tether::shm::layout::LAYOUT_VERSION;
 use actix_tether::shm::peers::DisconnectReason;
@@ -377,6 +383,69 @@ fn thousand_connect_drop_cycles_leak_nothing() {
     });
 }
 
+fn shm_endpoint_connect_listen_and_full_refusal() {
+    use actix_tether::endpoint::{self, Endpoint, EndpointError};
+    use actix_tether::links::AnyLink;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let path = hub_path("endpoint");
+        let ep: Endpoint = format!("shm://{}", path.display()).parse().unwrap();
+        assert_eq!(ep.to_string(), format!("shm://{}", path.display()));
+        // Nothing listens yet: a clear "not found".
+        match endpoint::connect(&ep).await {
+            Err(EndpointError::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{source}")
+            }
+            Err(other) => panic!("expected NotFound, got {other:?}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        let listener = endpoint::listen(&ep).await.expect("listen");
+        assert_eq!(listener.local_endpoint(), ep);
+        let guest = tokio::spawn({
+            let ep = ep.clone();
+            async move { endpoint::connect(&ep).await }
+        });
+        let hosted = guard("accept", listener.accept()).await.expect("accept");
+        let guest = guard("connect", guest).await.unwrap().expect("connect");
+        assert!(matches!(hosted, AnyLink::Shm(_)) && matches!(guest, AnyLink::Shm(_)));
+        let (mut gtx, _grx) = guest.split();
+        let (_htx, mut hrx) = hosted.split();
+        send_bytes(&mut gtx, b"over shm://").await.unwrap();
+        let got = guard("recv", hrx.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"over shm://"[..]));
+        drop(listener);
+
+        // A hub with one slot refuses a second guest with a clear error.
+        let path = hub_path("full");
+        let mut hub = Hub::bind(
+            &path,
+            HubConfig {
+                max_guests: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let first = tokio::spawn(ShmConnector::connect(path.clone()));
+        let _hosted = guard("accept", hub.accept()).await.unwrap();
+        let _first = first.await.unwrap().expect("first guest joins");
+        let second = tokio::spawn(ShmConnector::connect(path.clone()));
+        tokio::select! {
+            r = hub.accept() => panic!("a second guest was accepted: {r:?}"),
+            r = second => match r.unwrap() {
+                Err(HubError::Bootstrap(BootstrapError::Refused {
+                    reason: RefuseReason::Full,
+                    detail: 1,
+                })) => {}
+                other => panic!("expected a Full refusal, got {other:?}"),
+            },
+        }
+        assert_eq!(hub.free_slots(), 0);
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Guests
 // ---------------------------------------------------------------------------------------
@@ -515,7 +584,11 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(GUEST_ENV) {
         return guest_main(&role);
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
+        (
+            "shm_endpoint_connect_listen_and_full_refusal",
+            shm_endpoint_connect_listen_and_full_refusal,
+        ),
         (
             "four_guests_typed_echo_through_actors",
             four_guests_typed_echo_through_actors,

@@ -5,9 +5,10 @@
 //! * Sends [`Incoming`] (to the `incoming` recipient) for each guest that joined, exactly as
 //!   the [`Acceptor`](super::Acceptor) does: the application calls
 //!   [`Incoming::accept_with`] to start the guest's `LinkWriter`/`LinkReader` (the link is
-//!   an [`AnyLink::Shm`]), or [`Incoming::refuse`] to drop it (the guest then sees its link
-//!   fail, and the hub reports [`PeerLeft`]). The [`Incoming::id`] is the [`LinkId`] named
-//!   in the preceding [`PeerJoined`].
+//!   an [`AnyLink::Shm`]), or [`Incoming::refuse`] to drop it (the guest's link then ends:
+//!   its reader sees the end, its sender `Closed`; the slot is released, with a
+//!   [`PeerLeft`], when the guest drops its link or exits). The [`Incoming::id`] is the
+//!   [`LinkId`] named in the preceding [`PeerJoined`].
 //! * Sends [`HubPeerEvent`] (to the `events` recipient): [`PeerJoined { peer, pid, link }`]
 //!   before the guest's `Incoming`, and [`PeerLeft { peer, reason }`] when it leaves, with
 //!   `reason` [`Clean`](DisconnectReason::Clean), [`Crashed`](DisconnectReason::Crashed) or
