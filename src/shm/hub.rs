@@ -71,6 +71,14 @@
 //! * Departure is detected through the socket: a guest that is alive but stuck is not gone.
 //! * `Crashed` versus `Clean` is a best effort: a guest that exits without dropping its link
 //!   (e.g. `std::process::exit`) counts as crashed.
+//! * `max_guests` bounds the slots, not the address space: a departed guest's segment stays
+//!   mapped while the hub application still holds that guest's link halves (or buffers
+//!   over its slab). Drop a link once it has failed.
+//! * A spawned child that dies before joining keeps its reserved slot until
+//!   [`HubConfig::spawn_join_timeout`] expires.
+//! * Joins progress only while [`Hub::accept`] is being polled (the `ShmHub` actor always
+//!   polls it, except while the application's mailbox is full); departures are detected
+//!   by per-guest tasks regardless.
 //! * Messages the guest committed before it died are still delivered to the hub's
 //!   application before the link reports the error; messages the hub sent that the guest
 //!   had not read are lost.
