@@ -23,6 +23,12 @@
 //!   [`io::ErrorKind::NotFound`]; use [`inproc::connect_with`] to wait for it to be bound.
 //!   Listening on a bound name fails with [`io::ErrorKind::AddrInUse`]; the name is unbound
 //!   when the [`Listener`] is dropped.
+//! * `shm:///path/to/hub.sock` (Linux) — a shared-memory hub's bootstrap socket.
+//!   [`connect`] joins it as a guest ([`crate::shm::hub::ShmConnector`]) and returns
+//!   [`AnyLink::Shm`]; [`listen`] binds a hub ([`crate::shm::hub::Hub`], default
+//!   configuration) whose [`Listener::accept`] yields each joining guest's link (a full hub
+//!   refuses with [`io::ErrorKind::ConnectionRefused`] at the guest). Departure events and
+//!   spawning need the [`crate::shm::hub::Hub`] itself.
 //!
 //! Only schemes whose transport exists are accepted; every malformed input is an
 //! [`EndpointError`] that names the input and what is wrong with it. Failures to connect,
@@ -39,9 +45,11 @@ use std::sync::Arc;
 use crate::links::inproc::{self, InprocAcceptor, InprocConfig};
 use crate::links::stream::{StreamConfig, StreamLink};
 use crate::links::AnyLink;
+#[cfg(target_os = "linux")]
+use crate::shm::hub::{Hub, HubConfig, HubError, ShmConnector};
 
-const EXPECTED_SCHEMES: &str = "missing scheme (expected tcp://, unix:// or inproc://)";
-const UNKNOWN_SCHEME: &str = "unknown scheme (expected tcp://, unix:// or inproc://)";
+const EXPECTED_SCHEMES: &str = "missing scheme (expected tcp://, unix://, inproc:// or shm://)";
+const UNKNOWN_SCHEME: &str = "unknown scheme (expected tcp://, unix://, inproc:// or shm://)";
 
 /// Errors of the endpoint layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,6 +91,11 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `inproc://name` — an in-process endpoint; the name without the scheme.
     Inproc(String),
+    /// `shm://<socket path>`: a shared-memory hub (Linux). [`connect`] joins the hub
+    /// listening at the path as a guest ([`ShmConnector`]); [`listen`] binds a hub
+    /// ([`Hub`], default [`HubConfig`]) whose `accept` yields each guest's link.
+    #[cfg(target_os = "linux")]
+    Shm(PathBuf),
 }
 
 impl Endpoint {
@@ -137,6 +150,13 @@ impl Endpoint {
                 inproc::check_name(rest).map_err(invalid)?;
                 Ok(Endpoint::Inproc(rest.to_string()))
             }
+            #[cfg(target_os = "linux")]
+            "shm" => {
+                if rest.is_empty() {
+                    return Err(invalid("missing hub socket path"));
+                }
+                Ok(Endpoint::Shm(PathBuf::from(rest)))
+            }
             _ => Err(invalid(UNKNOWN_SCHEME)),
         }
     }
@@ -175,6 +195,8 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp { host, port } => write!(f, "tcp://{}", Endpoint::host_port(host, *port)),
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
             Endpoint::Inproc(name) => write!(f, "inproc://{name}"),
+            #[cfg(target_os = "linux")]
+            Endpoint::Shm(path) => write!(f, "shm://{}", path.display()),
         }
     }
 }
@@ -221,6 +243,13 @@ pub async fn connect_with(
                 .map_err(|e| endpoint.inproc_error(op, e))?;
             Ok(link.into())
         }
+        #[cfg(target_os = "linux")]
+        Endpoint::Shm(path) => {
+            let link = ShmConnector::connect(path.clone())
+                .await
+                .map_err(|e| endpoint.io_error(op, hub_io_error(e)))?;
+            Ok(link.into())
+        }
     }
 }
 
@@ -265,6 +294,12 @@ pub async fn listen_with(
             let acceptor = inproc::bind(name).map_err(|e| endpoint.inproc_error(op, e))?;
             // Names the canonical (bare) name even if the variant was built with a URL.
             return Ok(Listener::from(acceptor));
+        }
+        #[cfg(target_os = "linux")]
+        Endpoint::Shm(path) => {
+            let hub = Hub::bind(path, HubConfig::default())
+                .map_err(|e| endpoint.io_error(op, hub_io_error(e)))?;
+            ListenerKind::Shm(tokio::sync::Mutex::new(hub))
         }
     };
     Ok(Listener {
@@ -329,6 +364,29 @@ enum ListenerKind {
         _unlink: UnlinkOnDrop,
     },
     Inproc(InprocAcceptor),
+    #[cfg(target_os = "linux")]
+    Shm(tokio::sync::Mutex<Hub>),
+}
+
+/// An [`io::Error`] for a hub or guest failure, with a kind that says what happened.
+#[cfg(target_os = "linux")]
+fn hub_io_error(e: HubError) -> io::Error {
+    use crate::shm::bootstrap::BootstrapError as B;
+    let kind = match &e {
+        HubError::Bootstrap(B::Io { source, .. }) => source.kind(),
+        HubError::Bootstrap(B::Refused { .. }) | HubError::Full { .. } => {
+            io::ErrorKind::ConnectionRefused
+        }
+        HubError::Bootstrap(B::ResponseTimeout { .. } | B::RequestTimeout { .. }) => {
+            io::ErrorKind::TimedOut
+        }
+        HubError::Bootstrap(B::InvalidPath { .. })
+        | HubError::InvalidConfig(_)
+        | HubError::Env(_) => io::ErrorKind::InvalidInput,
+        HubError::Bootstrap(B::PeerUid { .. }) => io::ErrorKind::PermissionDenied,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
 }
 
 /// A listening endpoint that accepts links: a TCP or Unix listener, or a bound
@@ -344,7 +402,7 @@ impl Listener {
     pub fn local_endpoint(&self) -> Endpoint {
         match &self.kind {
             ListenerKind::Tcp(_, local) => local.clone(),
-            ListenerKind::Unix { .. } | ListenerKind::Inproc(_) => self.endpoint.clone(),
+            _ => self.endpoint.clone(),
         }
     }
 
@@ -369,6 +427,16 @@ impl Listener {
                 Ok(StreamLink::unix(s, self.config.clone()).into())
             }
             ListenerKind::Inproc(acceptor) => Ok(acceptor.accept().await.into()),
+            #[cfg(target_os = "linux")]
+            ListenerKind::Shm(hub) => {
+                let guest = hub
+                    .lock()
+                    .await
+                    .accept()
+                    .await
+                    .map_err(|e| self.endpoint.io_error(op, hub_io_error(e)))?;
+                Ok(guest.link.into())
+            }
         }
     }
 }
@@ -387,6 +455,8 @@ mod tests {
             "unix://rel/x.sock",
             "inproc://jobs",
             "inproc://svc/a b",
+            #[cfg(target_os = "linux")]
+            "shm:///run/hub.sock",
         ] {
             assert_eq!(Endpoint::parse(s).unwrap().to_string(), s);
         }
@@ -419,6 +489,7 @@ mod tests {
             "inproc://a\u{7}b",
             "inproc://a://b",
             "inproc:/x",
+            "shm://",
         ] {
             let err = Endpoint::parse(s).unwrap_err();
             assert!(matches!(err, EndpointError::Invalid { .. }), "{s}: {err}");

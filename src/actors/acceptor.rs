@@ -42,6 +42,11 @@ impl fmt::Debug for Incoming {
 }
 
 impl Incoming {
+    /// A link ready to be handed to the application (the acceptor and the SHM hub).
+    pub(crate) fn new(link: AnyLink, id: LinkId, local: Endpoint) -> Incoming {
+        Incoming { link, id, local }
+    }
+
     /// The identity the link will have once accepted.
     pub fn id(&self) -> LinkId {
         self.id

@@ -68,6 +68,8 @@ use crate::links::{Link, LinkError};
 
 mod acceptor;
 mod events;
+#[cfg(target_os = "linux")]
+pub mod hub;
 mod pump;
 mod reader;
 pub mod registry;
@@ -76,6 +78,8 @@ mod writer;
 
 pub use acceptor::{AcceptError, Acceptor, Incoming};
 pub use events::{DownReason, FrameRejected, LinkDown, LinkEvent, LinkUp, Side};
+#[cfg(target_os = "linux")]
+pub use hub::{HubPeerEvent, PeerJoined, PeerLeft, ShmHub, SpawnGuest};
 pub use reader::{LinkReader, Received};
 pub use writer::{BatchError, Close, LinkWriter, Send, SendAll, WriteError};
 

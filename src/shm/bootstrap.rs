@@ -1224,6 +1224,14 @@ impl BootstrapConn {
     }
 }
 
+/// The connection's descriptor (e.g. to duplicate it as a link's liveness socket before
+/// the welcome is sent).
+impl AsFd for Joining {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
 impl AsFd for BootstrapConn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.get_ref().as_fd()

@@ -262,12 +262,13 @@ impl Liveness {
     }
 
     /// Wraps a liveness end received from elsewhere. Makes it non-blocking and
-    /// close-on-exec; fails if it is not a stream socket.
+    /// close-on-exec; fails if it is not a stream or a `SOCK_SEQPACKET` socket (the hub
+    /// bootstrap connection, whose end of file also means the peer is gone).
     pub fn from_fd(fd: OwnedFd) -> io::Result<Liveness> {
         if !is_stream_socket(fd.as_raw_fd()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "descriptor is not a stream socket",
+                "descriptor is not a stream or seqpacket socket",
             ));
         }
         set_nonblocking(fd.as_raw_fd())?;
@@ -432,7 +433,7 @@ fn is_stream_socket(fd: RawFd) -> bool {
             &mut len,
         )
     };
-    r == 0 && ty == libc::SOCK_STREAM
+    r == 0 && (ty == libc::SOCK_STREAM || ty == libc::SOCK_SEQPACKET)
 }
 
 #[cfg(test)]

@@ -257,6 +257,49 @@ fn peer_died() -> LinkError {
     ))
 }
 
+/// Raised by a link half that finds its shared state corrupt (the hub watches it to fail the
+/// guest with `Corrupt`). Set once; `notify_one` stores a permit if nobody waits yet.
+#[derive(Debug, Default)]
+pub(crate) struct Fault {
+    corrupt: AtomicBool,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl Fault {
+    fn raise(&self, e: &LinkError) {
+        if matches!(e, LinkError::Corrupt(_)) && !self.corrupt.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Whether a half reported corruption.
+    pub(crate) fn is_corrupt(&self) -> bool {
+        self.corrupt.load(Ordering::Relaxed)
+    }
+}
+
+/// What the hub keeps about the hub side of a guest's link (see `ShmLink::hub_side`).
+pub(crate) struct HubSide {
+    /// The segment (its descriptor goes to the guest).
+    pub(crate) segment: Arc<Segment>,
+    /// Duplicates of the four doorbells, in handoff order, for the guest.
+    pub(crate) bells: Vec<OwnedFd>,
+    /// The hub's receiving slab: `held()` says whether the application still pins slots.
+    pub(crate) slab: SlabReceiver,
+    /// Raised when a half of the hub's link finds the guest's state corrupt.
+    pub(crate) fault: Arc<Fault>,
+    control: Control,
+}
+
+impl HubSide {
+    /// Whether the guest closed its sending direction (its `ShmTx` was dropped): a guest
+    /// whose connection ends after this left cleanly.
+    pub(crate) fn guest_closed(&self) -> bool {
+        // Acquire: pairs with the Release store in `ShmTx::drop` of the guest.
+        self.control.producer_closed().load(Ordering::Acquire) != 0
+    }
+}
+
 /// The four doorbells of a segment, in handoff order.
 struct Bells {
     data_ab: Doorbell,
@@ -334,8 +377,8 @@ impl ShmLink {
         let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
         let bells_b = bells.try_clone().map_err(super::segment::io_err("dup"))?;
         let (live_a, live_b) = Liveness::pair().map_err(super::segment::io_err("socketpair"))?;
-        let a = ShmLink::build(seg.clone(), Side::A, bells, live_a, &config)?;
-        let b = ShmLink::build(seg.clone(), Side::B, bells_b, live_b, &config)?;
+        let a = ShmLink::build(seg.clone(), Side::A, bells, live_a, &config, None)?;
+        let b = ShmLink::build(seg.clone(), Side::B, bells_b, live_b, &config, None)?;
         Ok((a, b, seg))
     }
 
@@ -360,7 +403,7 @@ impl ShmLink {
             .map_err(super::segment::io_err("dup"))?,
         };
         drop(live_b);
-        let link = ShmLink::build(seg, Side::A, bells, live_a, &config)?;
+        let link = ShmLink::build(seg, Side::A, bells, live_a, &config, None)?;
         Ok((link, handoff))
     }
 
@@ -411,7 +454,79 @@ impl ShmLink {
         };
         let live = Liveness::from_fd(next()?)
             .map_err(|e| ShmError::BadHandoff(format!("liveness socket: {e}")))?;
-        ShmLink::build(seg, Side::B, bells, live, &config)
+        ShmLink::build(seg, Side::B, bells, live, &config, None)
+    }
+
+    /// The hub's side (A) of a new guest's link: a fresh segment and doorbells; `liveness`
+    /// is (a duplicate of) the guest's bootstrap connection.
+    pub(crate) fn hub_side(
+        config: &ShmConfig,
+        liveness: Liveness,
+    ) -> Result<(ShmLink, HubSide), ShmError> {
+        let seg = create_segment(config)?;
+        let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
+        let dup = |d: &Doorbell| d.as_fd().try_clone_to_owned();
+        let guest_bells = [
+            dup(&bells.data_ab),
+            dup(&bells.space_ab),
+            dup(&bells.data_ba),
+            dup(&bells.space_ba),
+        ]
+        .into_iter()
+        .collect::<io::Result<Vec<OwnedFd>>>()
+        .map_err(super::segment::io_err("dup"))?;
+        let fault = Arc::new(Fault::default());
+        let link = ShmLink::build(
+            seg.clone(),
+            Side::A,
+            bells,
+            liveness,
+            config,
+            Some(fault.clone()),
+        )?;
+        let side = HubSide {
+            segment: seg,
+            bells: guest_bells,
+            slab: link.rx.slab.clone(),
+            fault,
+            control: Control {
+                region: link.rx.control.region.clone(),
+                dir: 1,
+            },
+        };
+        Ok((link, side))
+    }
+
+    /// A guest's side (B) of a hub link from the descriptors the bootstrap delivered, in
+    /// order: segment, data A→B, space A→B, data B→A, space B→A. `liveness` is the
+    /// bootstrap connection.
+    pub(crate) fn guest_side(
+        fds: Vec<OwnedFd>,
+        liveness: Liveness,
+        config: &ShmConfig,
+    ) -> Result<ShmLink, ShmError> {
+        if fds.len() != 5 {
+            return Err(ShmError::BadHandoff(format!(
+                "expected 5 descriptors, got {}",
+                fds.len()
+            )));
+        }
+        let mut it = fds.into_iter();
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| ShmError::BadHandoff("descriptor missing".into()))
+        };
+        let seg = Arc::new(Segment::attach_fd(next()?)?);
+        let bell = |fd: OwnedFd| {
+            Doorbell::from_fd(fd).map_err(|e| ShmError::BadHandoff(format!("doorbell: {e}")))
+        };
+        let bells = Bells {
+            data_ab: bell(next()?)?,
+            space_ab: bell(next()?)?,
+            data_ba: bell(next()?)?,
+            space_ba: bell(next()?)?,
+        };
+        ShmLink::build(seg, Side::B, bells, liveness, config, None)
     }
 
     fn build(
@@ -420,6 +535,7 @@ impl ShmLink {
         bells: Bells,
         liveness: Liveness,
         config: &ShmConfig,
+        fault: Option<Arc<Fault>>,
     ) -> Result<ShmLink, ShmError> {
         let params = seg.layout().params();
         config.check_local(&params)?;
@@ -484,6 +600,7 @@ impl ShmLink {
             inline_max: config.inline_max,
             spinner: Spinner::new(config.idle),
             error: None,
+            fault: fault.clone(),
         };
         let rx = ShmRx {
             ring: RingConsumer::attach(seg.region(rx_ring)?, capacity)?,
@@ -501,6 +618,7 @@ impl ShmLink {
                 .min((params.slot_count as usize).saturating_sub(1)),
             spinner: Spinner::new(config.idle),
             done: None,
+            fault,
         };
         Ok(ShmLink { tx, rx })
     }
@@ -605,6 +723,8 @@ pub struct ShmTx {
     spinner: Spinner,
     /// Sticky error.
     error: Option<LinkError>,
+    /// Hub side only: told about corruption.
+    fault: Option<Arc<Fault>>,
 }
 
 impl std::fmt::Debug for ShmTx {
@@ -697,9 +817,15 @@ impl LinkTx for ShmTx {
 
     async fn reserve(&mut self) -> Result<ShmPermit<'_>, LinkError> {
         if let Some(e) = &self.error {
+            if let Some(f) = &self.fault {
+                f.raise(e);
+            }
             return Err(e.clone());
         }
         if let Err(e) = self.wait_ready().await {
+            if let Some(f) = &self.fault {
+                f.raise(&e);
+            }
             self.error = Some(e.clone());
             return Err(e);
         }
@@ -842,6 +968,8 @@ pub struct ShmRx {
     spinner: Spinner,
     /// Sticky outcome once the link ended.
     done: Option<Result<(), LinkError>>,
+    /// Hub side only: told about corruption.
+    fault: Option<Arc<Fault>>,
 }
 
 impl std::fmt::Debug for ShmRx {
@@ -966,6 +1094,9 @@ impl LinkRx for ShmRx {
                 Ok(None)
             }
             Err(e) => {
+                if let Some(f) = &self.fault {
+                    f.raise(&e);
+                }
                 self.done = Some(Err(e.clone()));
                 Err(e)
             }

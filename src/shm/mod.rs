@@ -14,6 +14,8 @@ pub mod bootstrap;
 #[cfg(not(loom))]
 pub mod doorbell;
 pub mod error;
+#[cfg(all(target_os = "linux", not(loom)))]
+pub mod hub;
 #[cfg(not(loom))]
 pub mod layout;
 #[cfg(not(loom))]

@@ -1,0 +1,702 @@
+//! The shared-memory hub with real guest processes: the test binary re-executes itself as
+//! the guests (`harness = false`; the environment variable `TETHER_HUB_TEST_GUEST` names
+//! the guest's role), started by the hub ([`SpawnGuest`], token in the environment) and
+//! joining with [`ShmConnector::from_env`].
+//!
+//! * `four_guests_typed_echo_through_actors` — a [`ShmHub`] actor with 4 guest processes;
+//!   every guest sends `ECHOES` typed messages through its `LinkWriter` and checks every
+//!   echo (order and content), all 4 at once.
+//! * `sigkill_one_guest_mid_stream` — 3 guests; one streams without end and is killed with
+//!   SIGKILL: `PeerLeft { Crashed }` for it, the two others finish their echo, a new guest
+//!   takes the freed slot (the hub is full otherwise) and works.
+//! * `scribbling_guest_only_loses_its_own_link` — a guest overwrites the head index of its
+//!   ring: `PeerLeft { Corrupt }` for it, the echo guest next to it is unaffected.
+//! * `thousand_connect_drop_cycles_leak_nothing` — 1,000 joins and departures (guest in this
+//!   process, alternately closing cleanly and dropping only the socket): descriptors,
+//!   mappings (`/proc/self/maps`) and free slots back to their starting values.
+//!
+//! * `spawn_kill_cycles_leak_nothing` — 20 real guest processes spawned by the hub, each
+//!   killed with SIGKILL while streaming: `Crashed` each time, nothing leaks.
+//! * `shm_endpoint_connect_listen_and_full_refusal` — `shm://` parse/Display, `connect`
+//!   before anything listens (`NotFound`), `listen` + `connect` exchange a message; a hub
+//!   with one slot refuses a second guest with `Refused { Full }`.
+//!
+//! No wall-clock assertion: every wait has a generous deadlock guard.
+
+#![cfg(all(target_os = "linux", feature = "actors"))]
+
+#[path = "actors_support/mod.rs"]
+mod actors_support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::process::{Child, Command, ExitCode, Stdio};
+
+use actix::prelude::*;
+use actix_tether::actors::{
+    self, HubPeerEvent, Incoming, LinkEvent, LinkOptions, LinkWriter, PeerJoined, PeerLeft,
+    Received, ShmHub, SpawnGuest,
+};
+use actix_tether::codec::Postcard;
+use actix_tether::links::{send_bytes, Link, LinkRx};
+use actix_tether::shm::bootstrap::{
+    self, BootstrapConfig, BootstrapError, JoinRequest, RefuseReason,
+};
+use actix_tether::shm::hub::{Hub, HubConfig, HubError, HubEvent, HubHandle, ShmConnector};
+use actix_tether::shm::layout::RegionId;
+use actix_tether::shm::layout::LAYOUT_VERSION;
+use actix_tether::shm::peers::DisconnectReason;
+use actix_tether::shm::segment::Segment;
+use actors_support::{guard, Collector, Msg};
+use tokio::sync::mpsc;
+
+const GUEST_ENV: &str = "TETHER_HUB_TEST_GUEST";
+/// Messages each echo guest sends.
+const ECHOES: u64 = 2_000;
+/// The `seq` of the message by which a guest tells the hub it checked every echo.
+const DONE: u64 = u64::MAX;
+
+fn hub_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tether-hub-{tag}-{}.sock", std::process::id()))
+}
+
+fn guest_command(role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(GUEST_ENV, role).stdin(Stdio::null());
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------
+// Hub-side application
+// ---------------------------------------------------------------------------------------
+
+/// What the hub application reports to the test.
+#[derive(Debug)]
+enum AppEvent {
+    Joined(PeerJoined),
+    Left(PeerLeft),
+    /// A guest's first message arrived on this link.
+    Streaming(actors::LinkId),
+    /// A guest said it checked all its echoes (its `client` = its slot).
+    Done(u32),
+}
+
+/// Echoes every message back on the link it came from.
+struct App {
+    writers: HashMap<actors::LinkId, Addr<LinkWriter<Msg>>>,
+    seen: std::collections::HashSet<actors::LinkId>,
+    out: mpsc::UnboundedSender<AppEvent>,
+}
+
+impl Actor for App {
+    type Context = Context<Self>;
+}
+
+impl Handler<Incoming> for App {
+    type Result = ();
+    fn handle(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
+        let id = incoming.id();
+        let link = incoming
+            .accept_with::<Msg, Msg, Postcard>(ctx.address().recipient(), LinkOptions::default());
+        self.writers.insert(id, link.writer);
+    }
+}
+
+impl Handler<Received<Msg>> for App {
+    type Result = ();
+    fn handle(&mut self, r: Received<Msg>, _: &mut Context<Self>) {
+        if self.seen.insert(r.link) {
+            let _ = self.out.send(AppEvent::Streaming(r.link));
+        }
+        if r.msg.seq == DONE {
+            let _ = self.out.send(AppEvent::Done(r.msg.client));
+            return;
+        }
+        if let Some(w) = self.writers.get(&r.link) {
+            w.do_send(actors::Send(r.msg));
+        }
+    }
+}
+
+impl Handler<HubPeerEvent> for App {
+    type Result = ();
+    fn handle(&mut self, e: HubPeerEvent, _: &mut Context<Self>) {
+        let _ = self.out.send(match e {
+            HubPeerEvent::Joined(j) => AppEvent::Joined(j),
+            HubPeerEvent::Left(l) => AppEvent::Left(l),
+            other => panic!("unknown event {other:?}"),
+        });
+    }
+}
+
+struct Running {
+    hub: Addr<ShmHub>,
+    handle: HubHandle,
+    events: mpsc::UnboundedReceiver<AppEvent>,
+}
+
+fn start_hub(tag: &str, max_guests: usize) -> Running {
+    let (out, events) = mpsc::unbounded_channel();
+    let app = App {
+        writers: HashMap::new(),
+        seen: Default::default(),
+        out,
+    }
+    .start();
+    let config = HubConfig {
+        max_guests,
+        ..Default::default()
+    };
+    let (hub, handle) = ShmHub::bind(
+        hub_path(tag),
+        config,
+        app.clone().recipient(),
+        app.recipient(),
+    )
+    .expect("bind hub");
+    Running {
+        hub,
+        handle,
+        events,
+    }
+}
+
+async fn spawn(hub: &Addr<ShmHub>, role: &str) -> Child {
+    hub.send(SpawnGuest(guest_command(role)))
+        .await
+        .expect("hub alive")
+        .expect("spawn guest")
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<AppEvent>) -> AppEvent {
+    guard("hub event", events.recv())
+        .await
+        .expect("event channel open")
+}
+
+/// Waits for children to exit (blocking wait on a blocking thread) and returns whether
+/// each succeeded.
+async fn wait_all(children: Vec<Child>) -> Vec<bool> {
+    guard(
+        "guests exit",
+        tokio::task::spawn_blocking(move || {
+            children
+                .into_iter()
+                .map(|mut c| c.wait().map(|s| s.success()).unwrap_or(false))
+                .collect::<Vec<_>>()
+        }),
+    )
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+fn four_guests_typed_echo_through_actors() {
+    System::new().block_on(async {
+        let mut run = start_hub("four", 4);
+        let mut children = Vec::new();
+        for _ in 0..4 {
+            children.push(spawn(&run.hub, "echo").await);
+        }
+        let (mut joined, mut done) = (Vec::new(), Vec::new());
+        while done.len() < 4 {
+            match next_event(&mut run.events).await {
+                AppEvent::Joined(j) => joined.push(j.peer.slot()),
+                AppEvent::Done(slot) => done.push(slot),
+                AppEvent::Streaming(_) => {}
+                AppEvent::Left(l) => panic!("guest left early: {l:?}"),
+            }
+        }
+        joined.sort_unstable();
+        done.sort_unstable();
+        assert_eq!(joined, vec![0, 1, 2, 3]);
+        assert_eq!(done, joined, "every guest checked all its echoes");
+        assert_eq!(run.handle.free_slots(), 0);
+        // Stopping the hub fails every guest's link: they exit (successfully: they were
+        // done), and each departure is reported.
+        run.hub.do_send(actors::Shutdown);
+        assert!(wait_all(children).await.iter().all(|ok| *ok));
+    });
+}
+
+fn sigkill_one_guest_mid_stream() {
+    System::new().block_on(async {
+        let mut run = start_hub("kill", 3);
+        let mut streamer = spawn(&run.hub, "stream").await;
+        let streamer_pid = streamer.id();
+        let mut victim = None;
+        // Wait until the streamer is streaming.
+        let mut joined: HashMap<actors::LinkId, PeerJoined> = HashMap::new();
+        while victim.is_none() {
+            match next_event(&mut run.events).await {
+                AppEvent::Joined(j) => {
+                    joined.insert(j.link, j);
+                }
+                AppEvent::Streaming(link) => victim = Some(joined[&link]),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let victim = victim.unwrap();
+        assert_eq!(victim.pid, streamer_pid);
+        let others = vec![spawn(&run.hub, "echo").await, spawn(&run.hub, "echo").await];
+        streamer.kill().expect("SIGKILL");
+        let _ = streamer.wait();
+        let mut done = 0;
+        let mut left = false;
+        while !(left && done == 2) {
+            match next_event(&mut run.events).await {
+                AppEvent::Left(l) => {
+                    assert_eq!(l.peer, victim.peer, "only the killed guest leaves");
+                    assert_eq!(l.reason, DisconnectReason::Crashed);
+                    left = true;
+                }
+                AppEvent::Done(_) => done += 1,
+                AppEvent::Joined(_) | AppEvent::Streaming(_) => {}
+            }
+        }
+        // The two others are still connected: the new guest can only get the freed slot.
+        let newcomer = spawn(&run.hub, "echo").await;
+        loop {
+            match next_event(&mut run.events).await {
+                AppEvent::Joined(j) => assert_eq!(j.peer.slot(), victim.peer.slot()),
+                AppEvent::Done(slot) => {
+                    assert_eq!(slot, victim.peer.slot());
+                    break;
+                }
+                AppEvent::Streaming(_) => {}
+                AppEvent::Left(l) => panic!("unexpected departure {l:?}"),
+            }
+        }
+        run.hub.do_send(actors::Shutdown);
+        let mut all = others;
+        all.push(newcomer);
+        assert!(wait_all(all).await.iter().all(|ok| *ok));
+    });
+}
+
+fn scribbling_guest_only_loses_its_own_link() {
+    System::new().block_on(async {
+        let mut run = start_hub("corrupt", 2);
+        let echo = spawn(&run.hub, "echo").await;
+        let scribbler = spawn(&run.hub, "scribble").await;
+        let scribbler_pid = scribbler.id();
+        let mut corrupt_slot = None;
+        let mut pids = HashMap::new();
+        let mut done = false;
+        while !(done && corrupt_slot.is_some()) {
+            match next_event(&mut run.events).await {
+                AppEvent::Joined(j) => {
+                    pids.insert(j.peer, j.pid);
+                }
+                AppEvent::Left(l) => {
+                    assert_eq!(pids[&l.peer], scribbler_pid, "only the scribbler leaves");
+                    assert_eq!(l.reason, DisconnectReason::Corrupt);
+                    corrupt_slot = Some(l.peer.slot());
+                }
+                AppEvent::Done(_) => done = true,
+                AppEvent::Streaming(_) => {}
+            }
+        }
+        run.hub.do_send(actors::Shutdown);
+        let ok = wait_all(vec![echo, scribbler]).await;
+        assert!(ok[0], "the echo guest succeeded");
+        assert!(ok[1], "the scribbler saw its link fail");
+    });
+}
+
+fn count_lines(path: &str) -> usize {
+    std::fs::read_to_string(path).unwrap().lines().count()
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn thousand_connect_drop_cycles_leak_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = HubConfig {
+            max_guests: 2,
+            ..Default::default()
+        };
+        let path = hub_path("cycles");
+        let mut hub = Hub::bind(&path, config).expect("bind");
+        let mut events = hub.take_events();
+        // Cycle 0 is a warm-up, so that lazily created runtime state is in the baseline.
+        let mut baseline = None;
+        for i in 0..1_001u32 {
+            let p = path.clone();
+            let expect = if i % 2 == 0 {
+                // A guest that exchanges a message each way, then drops its link.
+                let guest = tokio::spawn(async move { ShmConnector::connect(p).await });
+                let hosted = guard("accept", hub.accept()).await.expect("accept");
+                let link = guard("join", guest).await.unwrap().expect("join");
+                let (mut gtx, mut grx) = link.split();
+                let (mut htx, mut hrx) = hosted.link.split();
+                send_bytes(&mut gtx, b"ping").await.unwrap();
+                let got = guard("recv", hrx.recv()).await.unwrap();
+                assert_eq!(got.as_deref(), Some(&b"ping"[..]));
+                send_bytes(&mut htx, b"pong").await.unwrap();
+                let got = guard("recv", grx.recv()).await.unwrap();
+                assert_eq!(got.as_deref(), Some(&b"pong"[..]));
+                drop((gtx, grx));
+                // The guest closed its direction: the hub's reader ends cleanly.
+                assert_eq!(guard("hub recv ends", hrx.recv()).await.unwrap(), None);
+                (hosted.peer, DisconnectReason::Clean)
+            } else {
+                // A guest that joins and goes away without a word (as if killed): it
+                // receives its descriptors and closes them and the socket.
+                let guest = tokio::spawn(async move {
+                    let req = JoinRequest {
+                        layout_version: LAYOUT_VERSION,
+                        token: 0,
+                    };
+                    bootstrap::join(p, &req, 5, &BootstrapConfig::default()).await
+                });
+                let hosted = guard("accept", hub.accept()).await.expect("accept");
+                let (mut htx, mut hrx) = hosted.link.split();
+                send_bytes(&mut htx, b"lost").await.unwrap();
+                drop(guard("join", guest).await.unwrap().expect("join"));
+                // The hub's link fails once the guest is gone.
+                assert!(guard("hub recv fails", hrx.recv()).await.is_err());
+                (hosted.peer, DisconnectReason::Crashed)
+            };
+            match guard("left", events.recv()).await.unwrap() {
+                HubEvent::Left { peer, reason } => {
+                    assert_eq!((peer, reason), expect, "cycle {i}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(hub.free_slots(), 2, "slot freed after cycle {i}");
+            if i == 0 {
+                baseline = Some((open_descriptors(), count_lines("/proc/self/maps")));
+            }
+        }
+        let (fds, maps) = baseline.unwrap();
+        assert_eq!(open_descriptors(), fds, "descriptors leaked");
+        assert_eq!(count_lines("/proc/self/maps"), maps, "mappings leaked");
+    });
+}
+
+/// Real processes: spawn a guest, let it stream, SIGKILL it, 20 times; descriptors,
+/// mappings and slots come back to their starting values.
+fn spawn_kill_cycles_leak_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = HubConfig {
+            max_guests: 1,
+            ..Default::default()
+        };
+        let mut hub = Hub::bind(hub_path("kills"), config).expect("bind");
+        let mut events = hub.take_events();
+        let mut baseline = None;
+        for i in 0..21u32 {
+            let mut child = hub.spawn(guest_command("stream")).expect("spawn");
+            let hosted = guard("accept", hub.accept()).await.expect("accept");
+            assert_eq!(hosted.pid, child.id());
+            let (htx, mut hrx) = hosted.link.split();
+            // It is streaming.
+            assert!(guard("recv", hrx.recv()).await.unwrap().is_some());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            match guard("left", events.recv()).await.unwrap() {
+                HubEvent::Left { peer, reason } => {
+                    assert_eq!(peer, hosted.peer);
+                    assert_eq!(reason, DisconnectReason::Crashed, "cycle {i}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            // What it committed before it died is still delivered, then the link fails.
+            loop {
+                match guard("drain", hrx.recv()).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("a killed guest cannot close cleanly"),
+                    Err(_) => break,
+                }
+            }
+            drop((htx, hrx));
+            assert_eq!(hub.free_slots(), 1, "slot freed after cycle {i}");
+            if i == 0 {
+                baseline = Some((open_descriptors(), count_lines("/proc/self/maps")));
+            }
+        }
+        let (fds, maps) = baseline.unwrap();
+        assert_eq!(open_descriptors(), fds, "descriptors leaked");
+        assert_eq!(count_lines("/proc/self/maps"), maps, "mappings leaked");
+    });
+}
+
+fn shm_endpoint_connect_listen_and_full_refusal() {
+    use actix_tether::endpoint::{self, Endpoint, EndpointError};
+    use actix_tether::links::AnyLink;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let path = hub_path("endpoint");
+        let ep: Endpoint = format!("shm://{}", path.display()).parse().unwrap();
+        assert_eq!(ep.to_string(), format!("shm://{}", path.display()));
+        // Nothing listens yet: a clear "not found".
+        match endpoint::connect(&ep).await {
+            Err(EndpointError::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{source}")
+            }
+            Err(other) => panic!("expected NotFound, got {other:?}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        let listener = endpoint::listen(&ep).await.expect("listen");
+        assert_eq!(listener.local_endpoint(), ep);
+        let guest = tokio::spawn({
+            let ep = ep.clone();
+            async move { endpoint::connect(&ep).await }
+        });
+        let hosted = guard("accept", listener.accept()).await.expect("accept");
+        let guest = guard("connect", guest).await.unwrap().expect("connect");
+        assert!(matches!(hosted, AnyLink::Shm(_)) && matches!(guest, AnyLink::Shm(_)));
+        let (mut gtx, _grx) = guest.split();
+        let (_htx, mut hrx) = hosted.split();
+        send_bytes(&mut gtx, b"over shm://").await.unwrap();
+        let got = guard("recv", hrx.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"over shm://"[..]));
+        drop(listener);
+
+        // A hub with one slot refuses a second guest with a clear error.
+        let path = hub_path("full");
+        let mut hub = Hub::bind(
+            &path,
+            HubConfig {
+                max_guests: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let first = tokio::spawn(ShmConnector::connect(path.clone()));
+        let _hosted = guard("accept", hub.accept()).await.unwrap();
+        let _first = first.await.unwrap().expect("first guest joins");
+        let second = tokio::spawn(ShmConnector::connect(path.clone()));
+        tokio::select! {
+            r = hub.accept() => panic!("a second guest was accepted: {r:?}"),
+            r = second => match r.unwrap() {
+                Err(HubError::Bootstrap(BootstrapError::Refused {
+                    reason: RefuseReason::Full,
+                    detail: 1,
+                })) => {}
+                other => panic!("expected a Full refusal, got {other:?}"),
+            },
+        }
+        assert_eq!(hub.free_slots(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Guests
+// ---------------------------------------------------------------------------------------
+
+/// Echo guest: sends `ECHOES` messages through its actors, checks every echo, reports DONE,
+/// then waits until the hub goes away.
+async fn echo_guest() -> Result<(), String> {
+    let joined = ShmConnector::from_env()
+        .map_err(|e| e.to_string())?
+        .join_with_info()
+        .await
+        .map_err(|e| e.to_string())?;
+    let me = joined.peer_id;
+    let (collector, mut replies, mut events) = Collector::<Msg>::start();
+    let link = actors::spawn_link::<Msg, Msg, Postcard, _>(
+        joined.link,
+        collector.clone().recipient(),
+        LinkOptions::default().events(collector.recipient()),
+    );
+    let writer = link.writer.clone();
+    let sender = actix::spawn(async move {
+        for seq in 0..ECHOES {
+            writer
+                .send(actors::Send(Msg::new(me, seq)))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(writer)
+    });
+    for seq in 0..ECHOES {
+        let r = guard("echo", replies.recv())
+            .await
+            .ok_or("reader stopped")?;
+        if r.msg != Msg::new(me, seq) {
+            return Err(format!("guest {me}: echo {seq} wrong: {:?}", r.msg));
+        }
+    }
+    let writer = sender.await.map_err(|e| e.to_string())??;
+    let done = Msg {
+        client: me,
+        seq: DONE,
+        text: String::new(),
+        blob: Vec::new(),
+    };
+    writer
+        .send(actors::Send(done))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // Wait for the hub to go away (its shutdown fails our reader).
+    loop {
+        match guard("hub gone", events.recv()).await {
+            Some(LinkEvent::Down(d)) if d.side == actors::Side::Reader => return Ok(()),
+            Some(_) => {}
+            None => return Err("events ended".into()),
+        }
+    }
+}
+
+/// Streaming guest: sends without end (until killed).
+async fn stream_guest() -> Result<(), String> {
+    let link = ShmConnector::from_env()
+        .map_err(|e| e.to_string())?
+        .join()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (collector, _replies, _events) = Collector::<Msg>::start();
+    let link = actors::spawn_link::<Msg, Msg, Postcard, _>(
+        link,
+        collector.recipient(),
+        LinkOptions::default(),
+    );
+    for seq in 0.. {
+        link.writer
+            .send(actors::Send(Msg::new(99, seq)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Scribbling guest: joins with the raw bootstrap, overwrites the head index of its
+/// sending ring with a misaligned value, rings the hub's data doorbell, and expects the hub
+/// to drop it (end of file on the bootstrap connection).
+async fn scribble_guest() -> Result<(), String> {
+    use actix_tether::shm::doorbell::Doorbell;
+    let c = ShmConnector::from_env().map_err(|e| e.to_string())?;
+    let token: u64 = std::env::var(actix_tether::shm::hub::HUB_TOKEN_ENV)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let req = JoinRequest {
+        layout_version: LAYOUT_VERSION,
+        token,
+    };
+    let mut joined = bootstrap::join(c.path(), &req, 5, &BootstrapConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let seg_fd = joined.fds[0].try_clone().map_err(|e| e.to_string())?;
+    let seg = Segment::attach_fd(seg_fd).map_err(|e| e.to_string())?;
+    let ring = seg.layout().region(RegionId::RingBtoA);
+    let file = std::fs::File::from(joined.fds.remove(0));
+    // head (the producer's index, first word of the ring header) = 12345: misaligned.
+    file.write_all_at(&12345u64.to_le_bytes(), ring.offset)
+        .map_err(|e| e.to_string())?;
+    // fds after removing the segment: data A→B, space A→B, data B→A, space B→A.
+    let data_ba = Doorbell::from_fd(joined.fds.remove(2)).map_err(|e| e.to_string())?;
+    data_ba.ring().map_err(|e| e.to_string())?;
+    match guard("hub drops us", joined.conn.gone()).await {
+        bootstrap::PeerGone::Eof | bootstrap::PeerGone::Error(_) => Ok(()),
+        other => Err(format!("unexpected end {other:?}")),
+    }
+}
+
+fn guest_main(role: &str) -> ExitCode {
+    let result = System::new().block_on(async {
+        match role {
+            "echo" => echo_guest().await,
+            "stream" => stream_guest().await,
+            "scribble" => scribble_guest().await,
+            other => Err(format!("unknown role {other}")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "guest {role}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    if let Ok(role) = std::env::var(GUEST_ENV) {
+        return guest_main(&role);
+    }
+    let tests: [(&str, fn()); 6] = [
+        (
+            "spawn_kill_cycles_leak_nothing",
+            spawn_kill_cycles_leak_nothing,
+        ),
+        (
+            "shm_endpoint_connect_listen_and_full_refusal",
+            shm_endpoint_connect_listen_and_full_refusal,
+        ),
+        (
+            "four_guests_typed_echo_through_actors",
+            four_guests_typed_echo_through_actors,
+        ),
+        ("sigkill_one_guest_mid_stream", sigkill_one_guest_mid_stream),
+        (
+            "scribbling_guest_only_loses_its_own_link",
+            scribbling_guest_only_loses_its_own_link,
+        ),
+        (
+            "thousand_connect_drop_cycles_leak_nothing",
+            thousand_connect_drop_cycles_leak_nothing,
+        ),
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--ignored") {
+        return ExitCode::SUCCESS;
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let mut failed = 0;
+    for (name, test) in tests {
+        let selected = filters.is_empty()
+            || filters.iter().any(|f| {
+                if exact {
+                    name == f.as_str()
+                } else {
+                    name.contains(f.as_str())
+                }
+            });
+        if !selected {
+            continue;
+        }
+        eprintln!("test {name} ...");
+        match std::panic::catch_unwind(test) {
+            Ok(()) => eprintln!("test {name} ... ok"),
+            Err(_) => {
+                eprintln!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
