@@ -290,10 +290,45 @@ async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The SHM hub: many guest processes join one hub through a Unix socket; each gets its own
+/// sealed segment. Here the hub spawns one guest (this program again, in guest mode).
+async fn hub_exchange() -> Result<(), Box<dyn std::error::Error>> {
+    use actix_tether::shm::hub::{Hub, HubConfig};
+    let path = std::env::temp_dir().join(format!("tether-tour-hub-{}.sock", std::process::id()));
+    let mut hub = Hub::bind(&path, HubConfig::default())?;
+    let mut child = hub.spawn(std::process::Command::new(std::env::current_exe()?))?;
+    let guest = hub.accept().await?;
+    println!(
+        "[hub] guest {} (pid {}) joined over {}",
+        guest.peer,
+        guest.pid,
+        path.display()
+    );
+    let (mut tx, mut rx) = guest.link.split();
+    codec::send(&mut tx, &Postcard, &Request::Add(2, 3)).await?;
+    let reply: Reply = Postcard.decode(&rx.recv().await?.ok_or("guest closed")?)?;
+    println!("[hub] guest answered {reply:?}");
+    tx.close().await?;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    println!("[hub] guest exited: {status}");
+    Ok(())
+}
+
+/// Guest mode of `hub_exchange`: join the hub named in the environment and serve.
+async fn hub_guest() -> Result<(), Box<dyn std::error::Error>> {
+    use actix_tether::shm::hub::ShmConnector;
+    let link = ShmConnector::from_env()?.join().await?;
+    serve(link.into()).await?;
+    Ok(())
+}
+
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os(CHILD_ENV).is_some() {
         return shm_child().await;
+    }
+    if std::env::var_os(actix_tether::shm::hub::HUB_TOKEN_ENV).is_some() {
+        return hub_guest().await;
     }
     println!("== actix-tether tour ==");
     println!(
@@ -314,6 +349,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("-- 3. a zero-copy shared-memory link to a child process --");
     shm_exchange().await?;
+    hub_exchange().await?;
 
     println!("-- 4. a stable session: exactly once, in order, while its link keeps dying --");
     stable_exchange().await?;
