@@ -15,6 +15,7 @@
 mod baselines;
 mod harness;
 mod ours;
+mod paths;
 mod peers;
 mod report;
 mod stream;
@@ -56,6 +57,7 @@ fn contenders() -> Vec<Contender> {
     let mut v = baselines::contenders();
     v.extend(stream::contenders());
     v.extend(ours::contenders());
+    v.extend(paths::contenders());
     v.extend(peers::contenders());
     v
 }
