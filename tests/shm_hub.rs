@@ -633,6 +633,9 @@ fn guest_main(role: &str) -> ExitCode {
     }
 }
 
+#[path = "support/harness.rs"]
+mod harness;
+
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var(GUEST_ENV) {
         return guest_main(&role);
@@ -660,43 +663,5 @@ fn main() -> ExitCode {
             thousand_connect_drop_cycles_leak_nothing,
         ),
     ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in tests {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    if args.iter().any(|a| a == "--ignored") {
-        return ExitCode::SUCCESS;
-    }
-    let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let mut failed = 0;
-    for (name, test) in tests {
-        let selected = filters.is_empty()
-            || filters.iter().any(|f| {
-                if exact {
-                    name == f.as_str()
-                } else {
-                    name.contains(f.as_str())
-                }
-            });
-        if !selected {
-            continue;
-        }
-        eprintln!("test {name} ...");
-        match std::panic::catch_unwind(test) {
-            Ok(()) => eprintln!("test {name} ... ok"),
-            Err(_) => {
-                eprintln!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    harness::run(&tests)
 }

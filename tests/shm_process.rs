@@ -357,6 +357,9 @@ fn links_leak_no_descriptors() {
     assert_eq!(open_descriptors(), before, "descriptors leaked");
 }
 
+#[path = "support/harness.rs"]
+mod harness;
+
 fn main() -> ExitCode {
     if let Ok(role) = std::env::var(CHILD_ENV) {
         return child_main(&role);
@@ -380,44 +383,5 @@ fn main() -> ExitCode {
         ),
         ("links_leak_no_descriptors", links_leak_no_descriptors),
     ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in tests {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    if args.iter().any(|a| a == "--ignored") {
-        // No test here is ignored.
-        return ExitCode::SUCCESS;
-    }
-    let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let mut failed = 0;
-    for (name, test) in tests {
-        let selected = filters.is_empty()
-            || filters.iter().any(|f| {
-                if exact {
-                    name == f.as_str()
-                } else {
-                    name.contains(f.as_str())
-                }
-            });
-        if !selected {
-            continue;
-        }
-        eprintln!("test {name} ...");
-        match std::panic::catch_unwind(test) {
-            Ok(()) => eprintln!("test {name} ... ok"),
-            Err(_) => {
-                eprintln!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    harness::run(&tests)
 }
