@@ -113,6 +113,13 @@ async fn start_server(config: StableConfig) -> (Endpoint, Server) {
 async fn start_server_on(at: Endpoint, config: StableConfig) -> (Endpoint, Server) {
     let listener = endpoint::listen(&at).await.unwrap();
     let ep = listener.local_endpoint();
+    let server = new_server(&config);
+    StableRegistry::serve(&server.registry, listener, &config);
+    (ep, server)
+}
+
+/// A registry whose sessions report to collector actors (no listener yet).
+fn new_server(config: &StableConfig) -> Server {
     let (sess_tx, sessions) = mpsc::unbounded_channel();
     let (rep_tx, received) = mpsc::unbounded_channel();
     let (ev_tx, events) = mpsc::unbounded_channel();
@@ -130,16 +137,67 @@ async fn start_server_on(at: Endpoint, config: StableConfig) -> (Endpoint, Serve
     })
     .unwrap()
     .start();
-    StableRegistry::serve(&registry, listener, &config);
-    (
-        ep,
-        Server {
-            registry,
-            sessions,
-            received,
-            events,
-        },
+    Server {
+        registry,
+        sessions,
+        received,
+        events,
+    }
+}
+
+/// The application's side of an `Acceptor` that hands every connection to the registry.
+struct ToRegistry {
+    registry: Addr<StableRegistry<Msg>>,
+    config: StableConfig,
+}
+
+impl Actor for ToRegistry {
+    type Context = Context<Self>;
+}
+
+impl Handler<actix_tether::actors::Incoming> for ToRegistry {
+    type Result = ();
+
+    fn handle(&mut self, incoming: actix_tether::actors::Incoming, _: &mut Context<Self>) {
+        StableRegistry::handle_link(&self.registry, incoming.into_link(), &self.config);
+    }
+}
+
+impl Handler<actix_tether::actors::AcceptError> for ToRegistry {
+    type Result = ();
+
+    fn handle(&mut self, e: actix_tether::actors::AcceptError, _: &mut Context<Self>) {
+        panic!("accept failed: {}", e.error);
+    }
+}
+
+/// Stable sessions behind the general-purpose `Acceptor` (instead of the registry's own
+/// accept loop): every link the acceptor takes goes to the registry, which creates or
+/// resumes the session.
+#[actix::test]
+async fn acceptor_hands_incoming_links_to_the_registry() {
+    let config = config();
+    let server = new_server(&config);
+    let app = ToRegistry {
+        registry: server.registry.clone(),
+        config: config.clone(),
+    }
+    .start();
+    let (_acceptor, ep) = actix_tether::actors::Acceptor::listen(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        app.clone().recipient(),
+        app.recipient(),
+        &Default::default(),
     )
+    .await
+    .unwrap();
+    exchange_with_kills(
+        ep,
+        server,
+        5_000,
+        FaultPlan::new(44).kill_after_frames_between(300, 900),
+    )
+    .await;
 }
 
 #[actix::test]
