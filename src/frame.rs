@@ -48,6 +48,9 @@ pub const PREFIX_LEN: usize = 4;
 /// Default maximum payload length of one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
+/// Most the decoder reserves ahead of the bytes that have arrived, in bytes (64 KiB).
+const RESERVE_STEP: usize = 64 * 1024;
+
 /// Largest payload the prefix can describe (`u32::MAX` bytes).
 pub const WIRE_MAX_FRAME_LEN: usize = u32::MAX as usize;
 
@@ -136,10 +139,13 @@ impl Decoder for FrameCodec {
                 max: self.max_frame_len,
             });
         }
-        let total = PREFIX_LEN + len;
+        // Cannot overflow: `len <= max_frame_len <= u32::MAX`; saturating for 32-bit targets.
+        let total = PREFIX_LEN.saturating_add(len);
         if src.len() < total {
-            // Make room for the rest of this frame (bounded by max_frame_len).
-            src.reserve(total - src.len());
+            // Make room for more of this frame, but at most RESERVE_STEP at a time: a peer
+            // that announces a large frame must send its bytes before we hold memory for
+            // them (the buffer then grows with what actually arrives).
+            src.reserve((total - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         src.advance(PREFIX_LEN);
@@ -201,6 +207,19 @@ mod tests {
             buf.capacity(),
             cap_before,
             "no space reserved for a refused frame"
+        );
+    }
+
+    #[test]
+    fn a_large_announced_frame_does_not_reserve_its_size_up_front() {
+        let mut c = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(10u32 * 1024 * 1024).to_le_bytes());
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * RESERVE_STEP,
+            "reserved {} bytes for a frame whose payload has not arrived",
+            buf.capacity()
         );
     }
 

@@ -128,7 +128,11 @@ pub struct HubConfig {
     /// [`MAX_GUESTS`](super::peers::MAX_GUESTS). Default 64.
     pub max_guests: usize,
     /// Geometry of each guest's segment and the hub side's local link settings. Default
-    /// [`ShmConfig::default`] (about 33 MiB of address space per guest).
+    /// [`ShmConfig::default`] (about 33 MiB of address space per guest) **with
+    /// `max_held_slots: 0`**: the hub copies every slab payload out of shared memory instead
+    /// of handing the application a zero-copy `Bytes` over it, because a guest is not
+    /// trusted and could rewrite a slot while the application reads it (Rust assumes the
+    /// bytes behind a `&[u8]` do not change). Raise it only for guests you trust.
     pub link: ShmConfig,
     /// The bootstrap socket's settings (request timeout, uid check, socket mode).
     pub bootstrap: BootstrapConfig,
@@ -141,7 +145,10 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             max_guests: 64,
-            link: ShmConfig::default(),
+            link: ShmConfig {
+                max_held_slots: 0,
+                ..ShmConfig::default()
+            },
             bootstrap: BootstrapConfig::default(),
             spawn_join_timeout: Duration::from_secs(30),
         }

@@ -158,7 +158,10 @@ pub struct ShmConfig {
     pub slot_count: u32,
     /// How many zero-copy slab messages the receiver lets the application hold at once
     /// before it copies further ones out of the slab (so that held messages never block the
-    /// sender). Default 8; values above `slot_count - 1` are clamped to it.
+    /// sender). Default 8; values above `slot_count - 1` are clamped to it. 0 copies every
+    /// slab payload: use it when the peer is not trusted, since a zero-copy `Bytes` lets the
+    /// peer's process rewrite bytes the application is reading (the [`Hub`](super::hub)
+    /// does this by default).
     pub max_held_slots: usize,
     /// What a waiting half does. Default [`IdleStrategy::SpinThenPark`] for
     /// [`DEFAULT_SPIN`].

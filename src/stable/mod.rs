@@ -269,9 +269,9 @@ impl StableConfig {
     }
 }
 
-/// A 16-byte resume key drawn from the OS CSPRNG. Compared in constant time; its `Debug`
-/// output does not reveal it.
-#[derive(Clone, PartialEq, Eq)]
+/// A 16-byte resume key drawn from the OS CSPRNG. Compared in constant time only (no
+/// `PartialEq`: a derived `==` would short-circuit); its `Debug` output does not reveal it.
+#[derive(Clone)]
 pub struct ResumeKey([u8; 16]);
 
 impl ResumeKey {

@@ -392,7 +392,7 @@ impl Session {
                 let expected = self.rx_last.wrapping_add(1);
                 if s == expected {
                     self.rx_last = s;
-                    self.rx_unacked += 1;
+                    self.rx_unacked = self.rx_unacked.saturating_add(1);
                     self.rx_unacked_since.get_or_insert(now);
                     self.stats.items_received += 1;
                     Ok(Received::Item(item))
