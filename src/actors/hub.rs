@@ -36,8 +36,10 @@
 //!
 //! # Not guaranteed
 //!
-//! * A [`PeerLeft`] whose events recipient is full or gone is dropped (`do_send`), as are
-//!   events of guests whose join completes while the actor is stopping.
+//! * Events are sent with `do_send`: a [`PeerLeft`] for a recipient that is gone is lost,
+//!   as are events of guests whose join completes while the actor is stopping; and since
+//!   `do_send` ignores mailbox capacity, a recipient that does not keep up lets events queue
+//!   in its mailbox (at most two per guest join).
 //! * A failure of the listener itself (rare: e.g. out of descriptors) is logged and
 //!   retried after [`ActorConfig::accept_retry_delay`]; individual failed joins are only
 //!   logged (the guest gets the error).
