@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use actix_tether::links::{send_bytes, Link, LinkRx};
+use actix_tether::links::{send_bytes, Link, LinkRx, LinkTx};
 
 use crate::Settings;
 
@@ -216,28 +216,43 @@ pub fn warmup(n: usize) -> usize {
 /// Returns one duration per measured round trip.
 pub async fn link_round_trips<L: Link>(a: L, b: L, size: usize, n: usize) -> Vec<Duration> {
     let (mut atx, mut arx) = a.split();
-    let (mut btx, mut brx) = b.split();
-    let echo = tokio::spawn(async move {
-        while let Ok(Some(m)) = brx.recv().await {
-            if send_bytes(&mut btx, &m).await.is_err() {
-                break;
-            }
+    let (btx, brx) = b.split();
+    let echo = tokio::spawn(echo(btx, brx));
+    let samples = client_round_trips(&mut atx, &mut arx, size, n).await;
+    drop(atx);
+    let _ = echo.await;
+    samples
+}
+
+/// Sends every message received on `rx` back on `tx` until either side ends.
+pub async fn echo<T: LinkTx, R: LinkRx>(mut tx: T, mut rx: R) {
+    while let Ok(Some(m)) = rx.recv().await {
+        if send_bytes(&mut tx, &m).await.is_err() {
+            break;
         }
-    });
+    }
+}
+
+/// The requesting side of [`link_round_trips`]: [`warmup`] unmeasured round trips, then `n`
+/// measured ones against an echoing peer. One duration per measured round trip.
+pub async fn client_round_trips<T: LinkTx, R: LinkRx>(
+    tx: &mut T,
+    rx: &mut R,
+    size: usize,
+    n: usize,
+) -> Vec<Duration> {
     let payload = vec![0x5Au8; size];
     let mut samples = Vec::with_capacity(n);
     for i in 0..warmup(n) + n {
         let t = Instant::now();
-        send_bytes(&mut atx, &payload).await.expect("send");
-        let m = arx.recv().await.expect("recv").expect("echo ended");
+        send_bytes(tx, &payload).await.expect("send");
+        let m = rx.recv().await.expect("recv").expect("echo ended");
         let d = t.elapsed();
         assert_eq!(m.len(), size);
         if i >= warmup(n) {
             samples.push(d);
         }
     }
-    drop(atx);
-    let _ = echo.await;
     samples
 }
 

@@ -13,7 +13,7 @@ use actix_tether::links::{send_bytes, Link, LinkRx};
 use actix_tether::shm::{IdleStrategy, ShmConfig, ShmLink};
 
 use crate::baselines::{mpsc_name, CACHE_LINE, MPSC_2RT};
-use crate::harness::{warmup, Contender, Flavor, Role};
+use crate::harness::{client_round_trips, echo, Contender, Flavor, Role};
 use crate::stream::unix_link_pair;
 
 /// Name of the StreamLink-over-Unix contender with its sides on two runtimes.
@@ -51,27 +51,10 @@ where
         .round_trip(move |ctx, size, n| {
             ctx.block_on(Flavor::CurrentThread, async {
                 let (a, b) = pair().await;
-                let (mut btx, mut brx) = b.split();
-                let echo = on_own_thread(async move {
-                    while let Ok(Some(m)) = brx.recv().await {
-                        if send_bytes(&mut btx, &m).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+                let (btx, brx) = b.split();
+                let echo = on_own_thread(echo(btx, brx));
                 let (mut atx, mut arx) = a.split();
-                let payload = vec![0x5Au8; size];
-                let mut samples = Vec::with_capacity(n);
-                for i in 0..warmup(n) + n {
-                    let t = Instant::now();
-                    send_bytes(&mut atx, &payload).await.expect("send");
-                    let m = arx.recv().await.expect("recv").expect("echo ended");
-                    let d = t.elapsed();
-                    assert_eq!(m.len(), size);
-                    if i >= warmup(n) {
-                        samples.push(d);
-                    }
-                }
+                let samples = client_round_trips(&mut atx, &mut arx, size, n).await;
                 drop(atx);
                 drop(arx);
                 join(echo).await;
