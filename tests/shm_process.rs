@@ -310,11 +310,13 @@ fn sigkill_wakes_a_blocked_reserve() {
 fn malformed_handoff_is_refused_by_the_child() {
     for value in [
         "",
-        "1 3 4",
-        "2 3 4 5 6 7 8",
-        "1 0 1 2 3 4 5",
-        "1 3 3 4 5 6 7",
-        "1 900 901 902 903 904 905",
+        "2 3 4",
+        // Version 1 (shared eventfds) is no longer accepted.
+        "1 3 4 5 6 7 8",
+        "3 3 4 5 6 7 8",
+        "2 0 1 2 3 4 5",
+        "2 3 3 4 5 6 7",
+        "2 900 901 902 903 904 905",
     ] {
         let status = Command::new(std::env::current_exe().unwrap())
             .env(CHILD_ENV, "bad_handoff")

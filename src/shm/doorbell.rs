@@ -1,26 +1,61 @@
-//! Doorbells (eventfds) and the liveness socket of a shared-memory link.
+//! Doorbells (socket pairs) and the liveness socket of a shared-memory link.
 //!
 //! # Doorbells
 //!
-//! A [`Doorbell`] is a Linux `eventfd` (created `EFD_NONBLOCK | EFD_CLOEXEC`). A link uses
-//! one per direction per event:
+//! A doorbell is a connected Unix socket pair ([`pair`]): a notifying end ([`Doorbell`]) and
+//! a waiting end ([`DoorbellWaiter`]). Each side of a link holds **only its own ends**; the
+//! other ends live in the peer's process. A link uses one doorbell per direction per event:
 //!
 //! ```text
-//!   direction A→B   data-ready  : rung by A (producer) after a commit,  waited on by B
-//!                   space-ready : rung by B (consumer) after a release, waited on by A
-//!   direction B→A   data-ready  : rung by B,                            waited on by A
-//!                   space-ready : rung by A,                            waited on by B
+//!   direction A→B   data-ready  : notifier held by A (producer), waiter held by B
+//!                   space-ready : notifier held by B (consumer), waiter held by A
+//!   direction B→A   data-ready  : notifier held by B,            waiter held by A
+//!                   space-ready : notifier held by A,            waiter held by B
 //! ```
 //!
 //! Ringing is gated by "parked" flags that live in the ring's shared memory (see
-//! [`super::ring`]): a waiter sets its flag, re-checks the ring, and only then waits on the
-//! eventfd; a notifier publishes, then rings only if the flag is set. In the steady state
-//! (the peer is busy or spinning) no system call is made at all.
+//! [`super::ring`]): a waiter sets its flag, re-checks the ring, and only then waits on its
+//! end; a notifier publishes, then rings only if the flag is set. In the steady state (the
+//! peer is busy or spinning) no system call is made at all.
 //!
-//! Waiting goes through tokio's [`AsyncFd`], registered lazily on the first wait, so that a
-//! doorbell can be created outside a runtime. The eventfd counter is drained on every wake,
-//! so a stale ring costs one spurious wake-up (the waiter re-checks and parks again), never a
-//! lost one.
+//! **Ringing** is one `send` of one byte with `MSG_DONTWAIT | MSG_NOSIGNAL`. `EAGAIN` (the
+//! socket buffer is full) means wake-ups are already pending: success. `EPIPE` /
+//! `ECONNRESET` means the waiting end is closed — nobody is left to wake — and is reported
+//! as [`LinkError::Closed`].
+//!
+//! **Waiting** goes through tokio's [`AsyncFd`], registered lazily on the first wait (so a
+//! doorbell can be created outside a runtime). A wake-up drains what is pending with
+//! `recv(MSG_DONTWAIT)` in a **bounded** loop (at most [`DRAIN_MAX`] bytes per wake-up), so
+//! a peer that writes without end cannot hold the waiter in the drain loop: what is left
+//! costs further (spurious) wake-ups, each of which consumes tokio's cooperative budget, so
+//! the waiting task yields to its executor regularly. A stale ring costs one spurious
+//! wake-up (the waiter re-checks and parks again), never a lost one. End of file on the
+//! waiting end (every copy of the peer's notifier is closed) is reported once as a wake-up
+//! — the peer's last act may have been a change to re-check — and as [`LinkError::Closed`]
+//! from then on.
+//!
+//! ## Why socket pairs, and why `SOCK_STREAM`
+//!
+//! A doorbell crosses a trust boundary (the hub's guests are not trusted), so neither side
+//! may be able to stall or starve the other through it:
+//!
+//! * **No shared open file description.** An eventfd shared by both processes shares its
+//!   `O_NONBLOCK` flag: the peer could clear it with `fcntl(F_SETFL)` and the next `read`
+//!   of an empty eventfd (or `write` of a nearly saturated one) would block our executor
+//!   thread for ever; it could also read the counter and steal our wake-ups. Each end of a
+//!   socket pair is its own open file description: the peer cannot change our flags, and
+//!   it cannot read what is sent to our end. Every call passes `MSG_DONTWAIT` anyway, so
+//!   even our own descriptor's `O_NONBLOCK` does not matter.
+//! * **One direction only.** The waiting end is `shutdown(SHUT_WR)` when the pair is
+//!   created: the peer holding it can never send into our notifier end (its `send` fails
+//!   with `EPIPE`), so nothing accumulates on a socket we never read.
+//! * **`SOCK_STREAM` rather than `SOCK_DGRAM`**: one `recv` drains many pending one-byte
+//!   rings at once (a datagram socket returns one datagram per call, so draining costs a
+//!   system call per ring); closing one end is a clean end of file on the other and
+//!   `EPIPE` on sends (a datagram pair has no end of file: a waiter could not tell that
+//!   its notifier is gone); and a full buffer is a plain `EAGAIN`. Every send is charged
+//!   to the sender's own socket buffer, so a peer that floods our waiting end spends its
+//!   own memory, bounded by its `SO_SNDBUF`.
 //!
 //! # Liveness
 //!
@@ -31,97 +66,108 @@
 //! milliseconds). Every waiting link half watches it alongside its doorbell.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::task::{ready, Poll};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// An eventfd doorbell. See the [module docs](self).
+use crate::links::LinkError;
+
+/// Most bytes (pending rings) one wake-up of a [`DoorbellWaiter`] drains: 4 KiB, in at most
+/// eight `recv` calls. Honest peers leave a handful of bytes at most.
+pub const DRAIN_MAX: usize = DRAIN_CHUNK * DRAIN_ROUNDS;
+const DRAIN_CHUNK: usize = 512;
+const DRAIN_ROUNDS: usize = 8;
+
+/// Creates a doorbell: a connected `AF_UNIX` `SOCK_STREAM` socket pair (close-on-exec,
+/// non-blocking) whose waiting end is shut down for writing. Returns `(notifier, waiter)`
+/// as raw descriptors, to be wrapped with [`Doorbell::from_fd`] and
+/// [`DoorbellWaiter::from_fd`] by whichever process holds each end.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a live array of two ints, as socketpair requires; the other
+    // arguments are valid constants.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair succeeded: both descriptors are open and owned by nobody else.
+    #[allow(unsafe_code)]
+    let (notifier, waiter) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: shutdown takes no pointers; `waiter` is an open, connected socket.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::shutdown(waiter.as_raw_fd(), libc::SHUT_WR) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((notifier, waiter))
+}
+
+/// The notifying end of a doorbell. See the [module docs](self).
 #[derive(Debug)]
 pub struct Doorbell {
     fd: OwnedFd,
 }
 
 impl Doorbell {
-    /// Creates a new eventfd (counter 0, non-blocking, close-on-exec).
-    pub fn new() -> io::Result<Doorbell> {
-        // SAFETY: eventfd takes no pointers; the flags are valid constants.
-        #[allow(unsafe_code)]
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd, is open and owned by nobody else.
-        #[allow(unsafe_code)]
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Doorbell { fd })
-    }
-
-    /// Wraps an eventfd received from elsewhere (inherited or passed over a socket).
-    ///
-    /// Makes it non-blocking and close-on-exec. Fails if the descriptor is not an eventfd.
+    /// Wraps a notifying end (made by [`pair`], inherited or passed over a socket). Makes it
+    /// non-blocking and close-on-exec. Fails unless it is an `AF_UNIX` `SOCK_STREAM`
+    /// socket.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Doorbell> {
-        if !is_eventfd(fd.as_raw_fd()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "descriptor is not an eventfd",
-            ));
-        }
+        check_unix_stream(fd.as_raw_fd())?;
         set_nonblocking(fd.as_raw_fd())?;
         set_cloexec(fd.as_raw_fd(), true)?;
         Ok(Doorbell { fd })
     }
 
-    /// A second handle on the same eventfd (`dup`, close-on-exec).
-    pub fn try_clone(&self) -> io::Result<Doorbell> {
-        Ok(Doorbell {
-            fd: self.fd.try_clone()?,
-        })
-    }
-
-    /// Rings: adds 1 to the eventfd counter, waking a waiter. One `write` system call.
+    /// Rings: sends one byte, waking the waiter. One non-blocking `send` system call.
     ///
-    /// A saturated counter (`EAGAIN`) means a wake-up is already pending, which is success.
-    pub fn ring(&self) -> io::Result<()> {
-        let one: u64 = 1;
+    /// A full socket buffer (`EAGAIN`) means wake-ups are already pending, which is
+    /// success. [`LinkError::Closed`] if the waiting end is closed (`EPIPE`,
+    /// `ECONNRESET`): the peer half that would wait on it is gone. Never blocks, whatever
+    /// the descriptor's flags.
+    pub fn ring(&self) -> Result<(), LinkError> {
+        let one = 1u8;
         loop {
-            // SAFETY: the buffer is a live, properly aligned u64 of exactly 8 bytes, which is
-            // what an eventfd write requires; the fd is owned by `self` and open.
+            // SAFETY: the buffer is one live byte; the fd is owned by `self` and open.
             #[allow(unsafe_code)]
             let n = unsafe {
-                libc::write(
+                libc::send(
                     self.fd.as_raw_fd(),
-                    (&one as *const u64).cast::<libc::c_void>(),
-                    8,
+                    (&one as *const u8).cast::<libc::c_void>(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                 )
             };
-            if n == 8 {
+            if n == 1 {
                 return Ok(());
             }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(()),
-                _ => return Err(e),
+            if n >= 0 {
+                return Err(io::Error::other("doorbell send wrote nothing").into());
             }
-        }
-    }
-
-    /// Resets the counter without waiting. Returns whether it was non-zero.
-    pub fn drain(&self) -> io::Result<bool> {
-        drain_fd(self.fd.as_raw_fd())
-    }
-
-    /// Turns this doorbell into a waiter (registered with tokio at the first wait).
-    pub fn into_waiter(self) -> DoorbellWaiter {
-        DoorbellWaiter {
-            state: LazyFd::new(self.fd),
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(()),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) => return Err(LinkError::Closed),
+                _ => return Err(e.into()),
+            }
         }
     }
 }
 
 impl AsFd for Doorbell {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }
@@ -180,35 +226,69 @@ impl LazyFd {
     }
 }
 
-/// The waiting side of a [`Doorbell`]. Owned by exactly one link half.
+/// The waiting end of a doorbell. Owned by exactly one link half. See the
+/// [module docs](self).
 #[derive(Debug)]
 pub struct DoorbellWaiter {
     state: LazyFd,
+    /// End of file was seen (and reported once as a wake-up).
+    eof_seen: bool,
 }
 
 impl DoorbellWaiter {
-    /// Waits until the doorbell has been rung since the last wait, then resets it.
-    ///
-    /// Cancel-safe: dropping the future consumes no ring that was not yet observed.
-    /// Needs a tokio runtime with I/O enabled.
-    pub async fn wait(&mut self) -> io::Result<()> {
-        let afd = self.state.registered()?;
-        loop {
-            let mut guard = afd.readable().await?;
-            match guard.try_io(|fd| match drain_fd(fd.as_raw_fd()) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            }) {
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
-        }
+    /// Wraps a waiting end (made by [`pair`], inherited or passed over a socket). Makes it
+    /// non-blocking and close-on-exec. Fails unless it is an `AF_UNIX` `SOCK_STREAM`
+    /// socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<DoorbellWaiter> {
+        check_unix_stream(fd.as_raw_fd())?;
+        set_nonblocking(fd.as_raw_fd())?;
+        set_cloexec(fd.as_raw_fd(), true)?;
+        Ok(DoorbellWaiter {
+            state: LazyFd::new(fd),
+            eof_seen: false,
+        })
     }
 
-    /// Resets the counter without waiting. Returns whether it was non-zero.
+    /// Waits until the doorbell has been rung since the last wait, then drains it (at most
+    /// [`DRAIN_MAX`] pending rings; what is left makes the next wait return at once).
+    ///
+    /// The first end of file (every copy of the notifier closed) also returns `Ok`: a last
+    /// wake-up, so the caller re-checks what the peer did before it went. From then on
+    /// [`LinkError::Closed`]. Each completed wait consumes a unit of tokio's cooperative
+    /// budget. Cancel-safe: dropping the future consumes no ring that was not yet observed.
+    /// Needs a tokio runtime with I/O enabled. Never blocks, whatever the descriptor's flags.
+    pub async fn wait(&mut self) -> Result<(), LinkError> {
+        let afd = self.state.registered()?;
+        let eof_seen = &mut self.eof_seen;
+        std::future::poll_fn(|cx| loop {
+            // `poll_read_ready` (unlike `readable().await`) takes a unit of the task's
+            // cooperative budget: a peer that keeps our end readable cannot keep this task
+            // from yielding.
+            let mut guard = match ready!(afd.poll_read_ready(cx)) {
+                Ok(g) => g,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            };
+            match guard.try_io(|fd| match drain_fd(fd.as_raw_fd()) {
+                Ok(Drained::Empty) => Err(io::ErrorKind::WouldBlock.into()),
+                other => other,
+            }) {
+                Ok(Ok(Drained::Closed)) if *eof_seen => return Poll::Ready(Err(LinkError::Closed)),
+                Ok(Ok(Drained::Closed)) => {
+                    *eof_seen = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Ok(_)) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e.into())),
+                Err(_would_block) => continue,
+            }
+        })
+        .await
+    }
+
+    /// Drains pending rings without waiting (at most [`DRAIN_MAX`]). `Ok(true)` if any was
+    /// pending; `Ok(false)` if none, or at end of file.
     pub fn drain(&self) -> io::Result<bool> {
-        drain_fd(self.state.raw())
+        drain_fd(self.state.raw()).map(|d| d == Drained::Rung)
     }
 
     /// Ensures the descriptor is registered with the current tokio runtime, so that later
@@ -218,24 +298,59 @@ impl DoorbellWaiter {
     }
 }
 
-/// Reads the eventfd counter (non-blocking). `Ok(false)` if it was zero.
-fn drain_fd(fd: RawFd) -> io::Result<bool> {
-    let mut buf: u64 = 0;
-    loop {
-        // SAFETY: the buffer is a live u64 of 8 bytes, as an eventfd read requires; `fd` is
-        // an open eventfd owned by the caller for the duration of the call.
+/// What one bounded drain found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// At least one ring was consumed.
+    Rung,
+    /// Nothing pending.
+    Empty,
+    /// End of file (or a reset): every copy of the notifier is closed.
+    Closed,
+}
+
+/// Consumes pending rings: at most `DRAIN_ROUNDS` non-blocking `recv` calls of
+/// `DRAIN_CHUNK` bytes. Stops early when a call returns less than a chunk (the queue is
+/// empty: a stream `recv` gathers every queued byte up to the buffer size).
+fn drain_fd(fd: RawFd) -> io::Result<Drained> {
+    let mut buf = [0u8; DRAIN_CHUNK];
+    let mut got = false;
+    for _ in 0..DRAIN_ROUNDS {
+        // SAFETY: `buf` is live and writable for its whole length; `fd` is an open socket
+        // owned by the caller for the duration of the call.
         #[allow(unsafe_code)]
-        let n = unsafe { libc::read(fd, (&mut buf as *mut u64).cast::<libc::c_void>(), 8) };
-        if n == 8 {
-            return Ok(true);
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            got = true;
+            if (n as usize) < buf.len() {
+                return Ok(Drained::Rung);
+            }
+            continue;
+        }
+        if n == 0 {
+            // End of file after the queued bytes: report the bytes first.
+            return Ok(if got { Drained::Rung } else { Drained::Closed });
         }
         let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(false),
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Only a definite "nothing queued" may report `Empty` (the caller then clears
+            // the descriptor's readiness).
+            Some(libc::EAGAIN) => return Ok(if got { Drained::Rung } else { Drained::Empty }),
+            Some(libc::ECONNRESET) => return Ok(if got { Drained::Rung } else { Drained::Closed }),
             _ => return Err(e),
         }
     }
+    // The bound was reached: more may be queued. Reported as a wake-up (spurious at worst);
+    // the readiness stays set, so the next wait drains on.
+    Ok(Drained::Rung)
 }
 
 /// One end of the liveness socket pair. See the [module docs](self).
@@ -262,10 +377,11 @@ impl Liveness {
     }
 
     /// Wraps a liveness end received from elsewhere. Makes it non-blocking and
-    /// close-on-exec; fails if it is not a stream or a `SOCK_SEQPACKET` socket (the hub
-    /// bootstrap connection, whose end of file also means the peer is gone).
+    /// close-on-exec; fails if it is not an `AF_UNIX` stream or `SOCK_SEQPACKET` socket
+    /// (the hub bootstrap connection, whose end of file also means the peer is gone).
     pub fn from_fd(fd: OwnedFd) -> io::Result<Liveness> {
-        if !is_stream_socket(fd.as_raw_fd()) {
+        let ty = unix_socket_type(fd.as_raw_fd())?;
+        if ty != libc::SOCK_STREAM && ty != libc::SOCK_SEQPACKET {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "descriptor is not a stream or seqpacket socket",
@@ -409,45 +525,101 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     fcntl_get(fd, libc::F_GETFD).is_ok()
 }
 
-/// Whether `fd` is an eventfd (checked through `/proc/self/fd`).
-fn is_eventfd(fd: RawFd) -> bool {
-    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-        Ok(target) => target.as_os_str() == "anon_inode:[eventfd]",
-        // No /proc: fall back to "it is open".
-        Err(_) => fd_is_open(fd),
-    }
-}
-
-/// Whether `fd` is a stream socket.
-fn is_stream_socket(fd: RawFd) -> bool {
-    let mut ty: libc::c_int = 0;
+/// An integer socket option of `fd` (`SOL_SOCKET` level).
+fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `ty` and `len` are live and correctly sized for SO_TYPE, an int option.
+    // SAFETY: `v` and `len` are live and correctly sized for an int option.
     #[allow(unsafe_code)]
     let r = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast::<libc::c_void>(),
+            opt,
+            (&mut v as *mut libc::c_int).cast::<libc::c_void>(),
             &mut len,
         )
     };
-    r == 0 && (ty == libc::SOCK_STREAM || ty == libc::SOCK_SEQPACKET)
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::c_int>() {
+        return Err(io::Error::other("getsockopt returned a short value"));
+    }
+    Ok(v)
+}
+
+/// The `SO_TYPE` of `fd` if it is an `AF_UNIX` socket (`SO_DOMAIN`); `InvalidInput`
+/// otherwise (not a socket, or another family).
+fn unix_socket_type(fd: RawFd) -> io::Result<libc::c_int> {
+    let not = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    match sockopt_int(fd, libc::SO_DOMAIN) {
+        Ok(d) if d == libc::AF_UNIX => {}
+        Ok(_) => return Err(not("descriptor is not an AF_UNIX socket")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            return Err(not("descriptor is not a socket"))
+        }
+        Err(e) => return Err(e),
+    }
+    sockopt_int(fd, libc::SO_TYPE)
+}
+
+/// Checks that `fd` is an `AF_UNIX` `SOCK_STREAM` socket (a doorbell end).
+fn check_unix_stream(fd: RawFd) -> io::Result<()> {
+    if unix_socket_type(fd)? != libc::SOCK_STREAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "doorbell descriptor is not an AF_UNIX SOCK_STREAM socket",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    const GUARD: Duration = Duration::from_secs(30);
+
+    fn bell() -> (Doorbell, DoorbellWaiter) {
+        let (n, w) = pair().unwrap();
+        (
+            Doorbell::from_fd(n).unwrap(),
+            DoorbellWaiter::from_fd(w).unwrap(),
+        )
+    }
+
+    fn clear_nonblocking(fd: RawFd) {
+        let fl = fcntl_get(fd, libc::F_GETFL).unwrap();
+        fcntl_set(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK).unwrap();
+    }
+
+    /// Sends raw bytes on `fd` (non-blocking); returns how many went.
+    fn raw_send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+        // SAFETY: `bytes` is live for its length; `fd` is open.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast::<libc::c_void>(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
 
     #[tokio::test]
     async fn ring_then_wait_then_drained() {
-        let bell = Doorbell::new().unwrap();
-        let other = bell.try_clone().unwrap();
-        let mut waiter = bell.into_waiter();
-        other.ring().unwrap();
-        other.ring().unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(30), waiter.wait())
+        let (bell, mut waiter) = bell();
+        bell.ring().unwrap();
+        bell.ring().unwrap();
+        tokio::time::timeout(GUARD, waiter.wait())
             .await
             .unwrap()
             .unwrap();
@@ -457,16 +629,100 @@ mod tests {
 
     #[tokio::test]
     async fn wait_pends_until_rung() {
-        let bell = Doorbell::new().unwrap();
-        let other = bell.try_clone().unwrap();
-        let mut waiter = bell.into_waiter();
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), waiter.wait());
+        let (bell, mut waiter) = bell();
+        let pending = tokio::time::timeout(Duration::from_millis(50), waiter.wait());
         assert!(pending.await.is_err(), "wait completed without a ring");
-        other.ring().unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(30), waiter.wait())
+        bell.ring().unwrap();
+        tokio::time::timeout(GUARD, waiter.wait())
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// The descriptors' own `O_NONBLOCK` does not matter: with it cleared on both ends, an
+    /// empty doorbell's wait pends (it does not block the thread), and ringing a full one
+    /// returns at once.
+    #[tokio::test]
+    async fn cleared_nonblocking_flags_never_block() {
+        let (bell, mut waiter) = bell();
+        clear_nonblocking(bell.as_fd().as_raw_fd());
+        clear_nonblocking(waiter.state.raw());
+        assert!(!waiter.drain().unwrap());
+        let pending = tokio::time::timeout(Duration::from_millis(50), waiter.wait());
+        assert!(pending.await.is_err(), "wait completed without a ring");
+        // Fill the socket buffer: rings keep succeeding (a wake-up is pending).
+        let mut sent = 0usize;
+        while raw_send(bell.as_fd().as_raw_fd(), &[7u8; 4096]).is_ok() {
+            sent += 1;
+            assert!(sent < 1_000_000, "socket buffer never filled");
+        }
+        for _ in 0..10 {
+            bell.ring().unwrap();
+        }
+        tokio::time::timeout(GUARD, waiter.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A flood is drained in bounded steps: each wait consumes at most `DRAIN_MAX` bytes.
+    #[tokio::test]
+    async fn flood_is_drained_in_bounded_steps() {
+        let (bell, mut waiter) = bell();
+        let mut queued = 0usize;
+        while let Ok(n) = raw_send(bell.as_fd().as_raw_fd(), &[1u8; 4096]) {
+            queued += n;
+            if queued >= 16 * DRAIN_MAX {
+                break;
+            }
+        }
+        assert!(queued > DRAIN_MAX, "could not queue more than one drain");
+        let mut waits = 0usize;
+        loop {
+            tokio::time::timeout(GUARD, waiter.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            waits += 1;
+            if !matches!(peek_fd(waiter.state.raw()), Ok(PeekResult::Data)) {
+                break;
+            }
+        }
+        // Each wait took at most DRAIN_MAX bytes.
+        assert!(waits * DRAIN_MAX >= queued, "{waits} waits for {queued} bytes");
+    }
+
+    #[test]
+    fn the_waiting_end_cannot_send_back() {
+        let (n, w) = pair().unwrap();
+        let e = raw_send(w.as_raw_fd(), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
+        drop(n);
+    }
+
+    #[test]
+    fn ringing_a_closed_waiter_is_closed() {
+        let (bell, waiter) = bell();
+        bell.ring().unwrap();
+        drop(waiter);
+        assert!(matches!(bell.ring(), Err(LinkError::Closed)));
+        assert!(matches!(bell.ring(), Err(LinkError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn closed_notifier_wakes_once_then_reports_closed() {
+        let (bell, mut waiter) = bell();
+        bell.ring().unwrap();
+        drop(bell);
+        // The queued ring first, then the end of file as a last wake-up, then `Closed`.
+        for _ in 0..2 {
+            tokio::time::timeout(GUARD, waiter.wait())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let r = tokio::time::timeout(GUARD, waiter.wait()).await.unwrap();
+        assert!(matches!(r, Err(LinkError::Closed)), "{r:?}");
     }
 
     #[tokio::test]
@@ -479,7 +735,7 @@ mod tests {
         assert!(!a.peer_gone());
         drop(b2);
         assert!(a.peer_gone());
-        tokio::time::timeout(std::time::Duration::from_secs(30), a.gone())
+        tokio::time::timeout(GUARD, a.gone())
             .await
             .unwrap()
             .unwrap();
@@ -487,9 +743,24 @@ mod tests {
 
     #[test]
     fn from_fd_checks_kind() {
+        // SAFETY: eventfd takes no pointers.
+        #[allow(unsafe_code)]
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(efd >= 0);
+        // SAFETY: just returned by eventfd, owned by nobody else.
+        #[allow(unsafe_code)]
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let e = Doorbell::from_fd(efd.try_clone().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert!(DoorbellWaiter::from_fd(efd.try_clone().unwrap()).is_err());
+        assert!(Liveness::from_fd(efd).is_err());
+        let (d, _d2) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let d = OwnedFd::from(d);
+        assert!(Doorbell::from_fd(d.try_clone().unwrap()).is_err());
+        assert!(DoorbellWaiter::from_fd(d).is_err());
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(Doorbell::from_fd(OwnedFd::from(tcp)).is_err());
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(Doorbell::from_fd(OwnedFd::from(a)).is_err());
-        let bell = Doorbell::new().unwrap();
-        assert!(Liveness::from_fd(bell.fd).is_err());
+        assert!(Doorbell::from_fd(OwnedFd::from(a)).is_ok());
     }
 }

@@ -596,17 +596,23 @@ async fn grant(
         .try_clone_to_owned()
         .map_err(io_err("dup"))?;
     let liveness = Liveness::from_fd(live_fd).map_err(io_err("liveness"))?;
-    let (link, side) = ShmLink::hub_side(&config.link, liveness)?;
+    let (link, mut side) = ShmLink::hub_side(&config.link, liveness)?;
     let welcome = Welcome {
         peer_id: handle.slot(),
         generation: handle.generation(),
         layout_version: LAYOUT_VERSION,
     };
+    // The guest's doorbell ends leave with the welcome and are closed here right after
+    // (on every path): the hub keeps only its own ends, so the guest can neither read nor
+    // block them, and the hub sees the guest's ends close when it goes.
+    let guest_bells = std::mem::take(&mut side.bells);
     let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(GUEST_FDS);
     fds.push(side.segment.fd());
-    fds.extend(side.bells.iter().map(|f| f.as_fd()));
-    let conn = joining.welcome(welcome, &fds).await?;
-    Ok((conn, link, side))
+    fds.extend(guest_bells.iter().map(|f| f.as_fd()));
+    let conn = joining.welcome(welcome, &fds).await;
+    drop(fds);
+    drop(guest_bells);
+    Ok((conn?, link, side))
 }
 
 /// Watches one guest until it leaves, then cleans up and reports it.

@@ -6,11 +6,15 @@
 //! Side A (the creator) and side B each own one direction:
 //!
 //! ```text
-//!        ring A→B + slab A→B   ──►   data-ready A→B (eventfd), rung by A, waited on by B
-//!   A                                space-ready A→B (eventfd), rung by B, waited on by A   B
+//!        ring A→B + slab A→B   ──►   data-ready A→B (doorbell), rung by A, waited on by B
+//!   A                                space-ready A→B (doorbell), rung by B, waited on by A  B
 //!        ring B→A + slab B→A   ◄──   (and the same pair for B→A)
 //!        liveness socketpair   ───   EOF when every descriptor of the other end is closed
 //! ```
+//!
+//! Each doorbell is a socket pair (see [`super::doorbell`]): each side holds only its own
+//! ends — the notifying end of the doorbells it rings, the waiting end of those it waits on
+//! — so neither side can block, drain or otherwise tamper with the other's descriptors.
 //!
 //! # Sending
 //!
@@ -37,8 +41,9 @@
 //! A half that finds nothing to do follows its [`IdleStrategy`]: it may spin (re-checking
 //! shared memory, never sleeping or yielding), then parks: it sets its parked flag in
 //! shared memory, re-checks, and awaits its doorbell through tokio's `AsyncFd` together with
-//! the liveness socket. The notifier writes the eventfd only when the flag is set, so a busy
-//! link makes no system call per message.
+//! the liveness socket. The notifier rings the doorbell only when the flag is set, so a busy
+//! link makes no system call per message. A doorbell whose notifying end is closed (the
+//! peer's half is gone) wakes its waiter once, then fails the wait.
 //!
 //! # Closing and peer death
 //!
@@ -57,7 +62,8 @@
 //! # Two processes
 //!
 //! [`ShmLink::create_for_child`] returns the parent's link and a [`ChildHandoff`] that spawns
-//! the child with the segment, the four eventfds and its liveness end inherited; the child
+//! the child with the segment, its ends of the four doorbells and its liveness end
+//! inherited (the parent keeps only its own ends); the child
 //! calls [`ShmLink::from_env`]. See [`ChildHandoff::spawn`] for why the descriptors are
 //! made inheritable with `pre_exec` (race-free) rather than by clearing close-on-exec in the
 //! parent.
@@ -71,7 +77,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::doorbell::{fd_is_open, Doorbell, DoorbellWaiter, Liveness};
+use super::doorbell::{self, fd_is_open, Doorbell, DoorbellWaiter, Liveness};
 use super::layout::{LayoutParams, RegionId, CONTROL_LEN};
 use super::ring::{self, FrameKind, Grant, RingConsumer, RingProducer};
 use super::segment::Segment;
@@ -80,8 +86,10 @@ use super::{Region, ShmError};
 use crate::links::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
 
 /// The environment variable through which [`ChildHandoff::spawn`] tells the child which
-/// inherited descriptors to use. Format: `1 <segment> <data A→B> <space A→B> <data B→A>
-/// <space B→A> <liveness>` (decimal descriptor numbers, separated by spaces).
+/// inherited descriptors to use. Format: `2 <segment> <data A→B> <space A→B> <data B→A>
+/// <space B→A> <liveness>` (decimal descriptor numbers, separated by spaces; the four
+/// doorbells are the child's ends: waiting, notifying, notifying, waiting). Version 1
+/// passed shared eventfds and is refused.
 pub const HANDOFF_ENV: &str = "ACTIX_TETHER_SHM";
 
 /// Default spin time of [`IdleStrategy::SpinThenPark`]: 50 µs, about half a thread wake-up
@@ -285,7 +293,9 @@ impl Fault {
 pub(crate) struct HubSide {
     /// The segment (its descriptor goes to the guest).
     pub(crate) segment: Arc<Segment>,
-    /// Duplicates of the four doorbells, in handoff order, for the guest.
+    /// The guest's ends of the four doorbells, in handoff order (data A→B, space A→B,
+    /// data B→A, space B→A). The hub sends them with the welcome and must then close them:
+    /// it keeps only its own ends.
     pub(crate) bells: Vec<OwnedFd>,
     /// The hub's receiving slab: `held()` says whether the application still pins slots.
     pub(crate) slab: SlabReceiver,
@@ -303,31 +313,103 @@ impl HubSide {
     }
 }
 
-/// The four doorbells of a segment, in handoff order.
+/// One side's ends of the four doorbells of a link, in handoff order. Side A holds the
+/// notifying ends of data A→B and space B→A and the waiting ends of space A→B and data
+/// B→A; side B the other ends.
 struct Bells {
-    data_ab: Doorbell,
-    space_ab: Doorbell,
-    data_ba: Doorbell,
-    space_ba: Doorbell,
+    data_ab: OwnedFd,
+    space_ab: OwnedFd,
+    data_ba: OwnedFd,
+    space_ba: OwnedFd,
 }
 
 impl Bells {
-    fn new() -> io::Result<Bells> {
+    /// Four new doorbells: side A's ends and side B's ends.
+    fn pairs() -> io::Result<(Bells, Bells)> {
+        // (notifier, waiter) of each doorbell.
+        let (data_ab_n, data_ab_w) = doorbell::pair()?;
+        let (space_ab_n, space_ab_w) = doorbell::pair()?;
+        let (data_ba_n, data_ba_w) = doorbell::pair()?;
+        let (space_ba_n, space_ba_w) = doorbell::pair()?;
+        let a = Bells {
+            data_ab: data_ab_n,
+            space_ab: space_ab_w,
+            data_ba: data_ba_w,
+            space_ba: space_ba_n,
+        };
+        let b = Bells {
+            data_ab: data_ab_w,
+            space_ab: space_ab_n,
+            data_ba: data_ba_n,
+            space_ba: space_ba_w,
+        };
+        Ok((a, b))
+    }
+
+    /// From descriptors in handoff order (at least four; the first four are taken).
+    fn from_iter(fds: &mut impl Iterator<Item = OwnedFd>) -> Result<Bells, ShmError> {
+        let mut next = || {
+            fds.next()
+                .ok_or_else(|| ShmError::BadHandoff("doorbell descriptor missing".into()))
+        };
         Ok(Bells {
-            data_ab: Doorbell::new()?,
-            space_ab: Doorbell::new()?,
-            data_ba: Doorbell::new()?,
-            space_ba: Doorbell::new()?,
+            data_ab: next()?,
+            space_ab: next()?,
+            data_ba: next()?,
+            space_ba: next()?,
         })
     }
 
-    fn try_clone(&self) -> io::Result<Bells> {
-        Ok(Bells {
-            data_ab: self.data_ab.try_clone()?,
-            space_ab: self.space_ab.try_clone()?,
-            data_ba: self.data_ba.try_clone()?,
-            space_ba: self.space_ba.try_clone()?,
+    fn into_vec(self) -> Vec<OwnedFd> {
+        vec![self.data_ab, self.space_ab, self.data_ba, self.space_ba]
+    }
+
+    /// Wraps `side`'s ends, checking each is a doorbell socket: (notifier of our sending
+    /// direction's data-ready, waiter of its space-ready, waiter of our receiving
+    /// direction's data-ready, notifier of its space-ready).
+    fn wrap(
+        self,
+        side: Side,
+    ) -> Result<(Doorbell, DoorbellWaiter, DoorbellWaiter, Doorbell), ShmError> {
+        let bad = |what: &str, e: io::Error| ShmError::BadHandoff(format!("doorbell {what}: {e}"));
+        let notifier = |fd, what| Doorbell::from_fd(fd).map_err(|e| bad(what, e));
+        let waiter = |fd, what| DoorbellWaiter::from_fd(fd).map_err(|e| bad(what, e));
+        let Bells {
+            data_ab,
+            space_ab,
+            data_ba,
+            space_ba,
+        } = self;
+        Ok(match side {
+            Side::A => (
+                notifier(data_ab, "data A→B")?,
+                waiter(space_ab, "space A→B")?,
+                waiter(data_ba, "data B→A")?,
+                notifier(space_ba, "space B→A")?,
+            ),
+            Side::B => (
+                notifier(data_ba, "data B→A")?,
+                waiter(space_ba, "space B→A")?,
+                waiter(data_ab, "data A→B")?,
+                notifier(space_ab, "space A→B")?,
+            ),
         })
+    }
+}
+
+/// The space-ready notifier of a receiving half. Its waiter belongs to the peer's sending
+/// half; once that half is gone nobody needs waking, and the receiver must still deliver
+/// the frames left in the ring (then the close, or the error the liveness socket reports),
+/// so a closed waiting end is not an error here.
+#[derive(Debug)]
+struct SpaceBell(Doorbell);
+
+impl SpaceBell {
+    fn ring(&self) -> Result<(), LinkError> {
+        match self.0.ring() {
+            Err(LinkError::Closed) => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -377,8 +459,7 @@ impl ShmLink {
 
     fn pair_with_segment(config: ShmConfig) -> Result<(ShmLink, ShmLink, Arc<Segment>), ShmError> {
         let seg = create_segment(&config)?;
-        let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
-        let bells_b = bells.try_clone().map_err(super::segment::io_err("dup"))?;
+        let (bells, bells_b) = Bells::pairs().map_err(super::segment::io_err("socketpair"))?;
         let (live_a, live_b) = Liveness::pair().map_err(super::segment::io_err("socketpair"))?;
         let a = ShmLink::build(seg.clone(), Side::A, bells, live_a, &config, None)?;
         let b = ShmLink::build(seg.clone(), Side::B, bells_b, live_b, &config, None)?;
@@ -389,21 +470,19 @@ impl ShmLink {
     /// the child with the other side.
     pub fn create_for_child(config: ShmConfig) -> Result<(ShmLink, ChildHandoff), ShmError> {
         let seg = create_segment(&config)?;
-        let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
+        let (bells, child_bells) = Bells::pairs().map_err(super::segment::io_err("socketpair"))?;
         let (live_a, live_b) = Liveness::pair().map_err(super::segment::io_err("socketpair"))?;
         let dup = |fd: std::os::fd::BorrowedFd<'_>| dup_above_stdio(fd.as_raw_fd());
+        // The child's own ends, renumbered above stdio; the originals close here, so the
+        // parent keeps only its own ends.
+        let mut fds = vec![dup(seg.fd())];
+        fds.extend(child_bells.into_vec().iter().map(|fd| dup(fd.as_fd())));
+        fds.push(dup_above_stdio(live_b.raw_fd()));
         let handoff = ChildHandoff {
-            fds: [
-                dup(seg.fd()),
-                dup(bells.data_ab.as_fd()),
-                dup(bells.space_ab.as_fd()),
-                dup(bells.data_ba.as_fd()),
-                dup(bells.space_ba.as_fd()),
-                dup_above_stdio(live_b.raw_fd()),
-            ]
-            .into_iter()
-            .collect::<io::Result<Vec<OwnedFd>>>()
-            .map_err(super::segment::io_err("dup"))?,
+            fds: fds
+                .into_iter()
+                .collect::<io::Result<Vec<OwnedFd>>>()
+                .map_err(super::segment::io_err("dup"))?,
         };
         drop(live_b);
         let link = ShmLink::build(seg, Side::A, bells, live_a, &config, None)?;
@@ -441,21 +520,10 @@ impl ShmLink {
             })
             .collect();
         let mut it = owned.into_iter();
-        let mut next = || {
-            it.next()
-                .ok_or_else(|| ShmError::BadHandoff("descriptor missing".into()))
-        };
-        let seg = Arc::new(Segment::attach_fd(next()?)?);
-        let bell = |fd: OwnedFd| {
-            Doorbell::from_fd(fd).map_err(|e| ShmError::BadHandoff(format!("doorbell: {e}")))
-        };
-        let bells = Bells {
-            data_ab: bell(next()?)?,
-            space_ab: bell(next()?)?,
-            data_ba: bell(next()?)?,
-            space_ba: bell(next()?)?,
-        };
-        let live = Liveness::from_fd(next()?)
+        let missing = || ShmError::BadHandoff("descriptor missing".into());
+        let seg = Arc::new(Segment::attach_fd(it.next().ok_or_else(missing)?)?);
+        let bells = Bells::from_iter(&mut it)?;
+        let live = Liveness::from_fd(it.next().ok_or_else(missing)?)
             .map_err(|e| ShmError::BadHandoff(format!("liveness socket: {e}")))?;
         ShmLink::build(seg, Side::B, bells, live, &config, None)
     }
@@ -467,17 +535,7 @@ impl ShmLink {
         liveness: Liveness,
     ) -> Result<(ShmLink, HubSide), ShmError> {
         let seg = create_segment(config)?;
-        let bells = Bells::new().map_err(super::segment::io_err("eventfd"))?;
-        let dup = |d: &Doorbell| d.as_fd().try_clone_to_owned();
-        let guest_bells = [
-            dup(&bells.data_ab),
-            dup(&bells.space_ab),
-            dup(&bells.data_ba),
-            dup(&bells.space_ba),
-        ]
-        .into_iter()
-        .collect::<io::Result<Vec<OwnedFd>>>()
-        .map_err(super::segment::io_err("dup"))?;
+        let (bells, guest_bells) = Bells::pairs().map_err(super::segment::io_err("socketpair"))?;
         let fault = Arc::new(Fault::default());
         let link = ShmLink::build(
             seg.clone(),
@@ -489,7 +547,7 @@ impl ShmLink {
         )?;
         let side = HubSide {
             segment: seg,
-            bells: guest_bells,
+            bells: guest_bells.into_vec(),
             slab: link.rx.slab.clone(),
             fault,
             control: Control {
@@ -501,8 +559,9 @@ impl ShmLink {
     }
 
     /// A guest's side (B) of a hub link from the descriptors the bootstrap delivered, in
-    /// order: segment, data A→B, space A→B, data B→A, space B→A. `liveness` is the
-    /// bootstrap connection.
+    /// order: segment, then the guest's ends of data A→B, space A→B, data B→A, space B→A
+    /// (each checked to be an `AF_UNIX` stream socket). `liveness` is the bootstrap
+    /// connection.
     pub(crate) fn guest_side(
         fds: Vec<OwnedFd>,
         liveness: Liveness,
@@ -515,20 +574,11 @@ impl ShmLink {
             )));
         }
         let mut it = fds.into_iter();
-        let mut next = || {
-            it.next()
-                .ok_or_else(|| ShmError::BadHandoff("descriptor missing".into()))
-        };
-        let seg = Arc::new(Segment::attach_fd(next()?)?);
-        let bell = |fd: OwnedFd| {
-            Doorbell::from_fd(fd).map_err(|e| ShmError::BadHandoff(format!("doorbell: {e}")))
-        };
-        let bells = Bells {
-            data_ab: bell(next()?)?,
-            space_ab: bell(next()?)?,
-            data_ba: bell(next()?)?,
-            space_ba: bell(next()?)?,
-        };
+        let seg = it
+            .next()
+            .ok_or_else(|| ShmError::BadHandoff("descriptor missing".into()))?;
+        let seg = Arc::new(Segment::attach_fd(seg)?);
+        let bells = Bells::from_iter(&mut it)?;
         ShmLink::build(seg, Side::B, bells, liveness, config, None)
     }
 
@@ -565,33 +615,24 @@ impl ShmLink {
                 0,
             ),
         };
-        let Bells {
-            data_ab,
-            space_ab,
-            data_ba,
-            space_ba,
-        } = bells;
         // (ring to wake the peer's receiver, wait for space) for our sending direction;
         // (wait for data, ring to wake the peer's sender) for our receiving direction.
-        let (tx_data, tx_space, rx_data, rx_space) = match side {
-            Side::A => (data_ab, space_ab, data_ba, space_ba),
-            Side::B => (data_ba, space_ba, data_ab, space_ab),
-        };
+        let (tx_data, tx_space, rx_data, rx_space) = bells.wrap(side)?;
         let control = seg.region(RegionId::Control)?;
         let peer_gone = Arc::new(AtomicBool::new(false));
-        let rx_space = Arc::new(rx_space);
+        let rx_space = Arc::new(SpaceBell(rx_space));
         let slab = SlabReceiver::attach(seg.region(rx_slab)?, slab_cfg)?;
         let notifier = rx_space.clone();
         slab.set_release_notifier(Arc::new(move || {
-            // A failed eventfd write cannot be reported from a drop; the sender's next wait
-            // still watches the liveness socket, so nothing hangs on it.
+            // A failed ring cannot be reported from a drop; the sender's next wait still
+            // watches the liveness socket, so nothing hangs on it.
             let _ = notifier.ring();
         }));
         let tx = ShmTx {
             ring: RingProducer::attach(seg.region(tx_ring)?, capacity)?,
             slab: SlabSender::init(seg.region(tx_slab)?, slab_cfg)?,
             data_ready: tx_data,
-            space_ready: tx_space.into_waiter(),
+            space_ready: tx_space,
             liveness: liveness
                 .try_clone()
                 .map_err(super::segment::io_err("dup"))?,
@@ -608,7 +649,7 @@ impl ShmLink {
         let rx = ShmRx {
             ring: RingConsumer::attach(seg.region(rx_ring)?, capacity)?,
             slab,
-            data_ready: rx_data.into_waiter(),
+            data_ready: rx_data,
             space_ready: rx_space,
             liveness,
             control: Control {
@@ -963,7 +1004,7 @@ pub struct ShmRx {
     data_ready: DoorbellWaiter,
     /// Rung (only when the sender is parked) after a release; shared with the slab's
     /// release notifier.
-    space_ready: Arc<Doorbell>,
+    space_ready: Arc<SpaceBell>,
     liveness: Liveness,
     control: Control,
     peer_gone: Arc<AtomicBool>,
@@ -1061,7 +1102,12 @@ impl ShmRx {
         loop {
             if self.ring.prepare_park().map_err(link_err)? {
                 tokio::select! {
-                    r = self.data_ready.wait() => r?,
+                    r = self.data_ready.wait() => match r {
+                        // The peer's sending half closed its doorbell end without closing
+                        // the link (its process died): deliver what is left, then fail.
+                        Err(LinkError::Closed) => self.peer_gone.store(true, Ordering::Relaxed),
+                        r => r?,
+                    },
                     r = self.liveness.gone() => {
                         r?;
                         self.peer_gone.store(true, Ordering::Relaxed);
@@ -1111,8 +1157,8 @@ impl LinkRx for ShmRx {
 /// child inherits. Use [`ChildHandoff::spawn`].
 #[derive(Debug)]
 pub struct ChildHandoff {
-    /// Segment, data A→B, space A→B, data B→A, space B→A, liveness end B. All close-on-exec
-    /// and numbered above 2.
+    /// Segment, side B's ends of data A→B, space A→B, data B→A, space B→A, liveness end B.
+    /// All close-on-exec and numbered above 2.
     fds: Vec<OwnedFd>,
 }
 
@@ -1134,7 +1180,7 @@ impl ChildHandoff {
     /// here.) `command` is taken by value so the hook cannot run again in a later spawn.
     pub fn spawn(self, mut command: Command) -> io::Result<Child> {
         let raw: Vec<RawFd> = self.fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        let mut value = String::from("1");
+        let mut value = String::from(HANDOFF_VERSION);
         for fd in &raw {
             value.push(' ');
             value.push_str(&fd.to_string());
@@ -1165,11 +1211,15 @@ impl ChildHandoff {
     }
 }
 
-/// Parses [`HANDOFF_ENV`]: version 1 and six distinct open descriptors above 2.
+/// The version of the [`HANDOFF_ENV`] format (2: socket-pair doorbells, each side holding
+/// its own ends).
+const HANDOFF_VERSION: &str = "2";
+
+/// Parses [`HANDOFF_ENV`]: version 2 and six distinct open descriptors above 2.
 fn parse_handoff(value: &str) -> Result<Vec<RawFd>, ShmError> {
     let bad = |why: &str| ShmError::BadHandoff(format!("{HANDOFF_ENV}={value:?}: {why}"));
     let mut parts = value.split(' ');
-    if parts.next() != Some("1") {
+    if parts.next() != Some(HANDOFF_VERSION) {
         return Err(bad("unsupported version"));
     }
     let fds = parts
@@ -1216,11 +1266,13 @@ mod tests {
     fn handoff_parsing_rejects_garbage() {
         for v in [
             "",
-            "2 3 4 5 6 7 8",
-            "1 3 4",
-            "1 a b c d e f",
-            "1 3 3 4 5 6 7",
-            "1 -1 3 4 5 6 7",
+            // Version 1 (shared eventfds) is refused.
+            "1 3 4 5 6 7 8",
+            "3 3 4 5 6 7 8",
+            "2 3 4",
+            "2 a b c d e f",
+            "2 3 3 4 5 6 7",
+            "2 -1 3 4 5 6 7",
         ] {
             assert!(
                 matches!(parse_handoff(v), Err(ShmError::BadHandoff(_))),
@@ -1228,7 +1280,7 @@ mod tests {
             );
         }
         // Well-formed but not open here.
-        assert!(parse_handoff("1 100000 100001 100002 100003 100004 100005").is_err());
+        assert!(parse_handoff("2 100000 100001 100002 100003 100004 100005").is_err());
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -1427,6 +1479,44 @@ mod tests {
             spin: Duration::from_secs(5),
         });
         assert_eq!(capped.budget(), MAX_SPIN);
+    }
+
+    /// A guest handed descriptors of the wrong kind refuses them with `BadHandoff` and
+    /// closes every one of them (the peers of the socket ends see end of file).
+    #[test]
+    fn guest_side_refuses_wrong_descriptor_kinds_and_closes_them() {
+        rt().block_on(async {
+            let seg = create_segment(&ShmConfig::default()).unwrap();
+            for bad_at in 0..4 {
+                let (_hub_ends, guest_ends) = Bells::pairs().unwrap();
+                let mut fds = vec![seg.fd().try_clone_to_owned().unwrap()];
+                let mut peers = Vec::new();
+                for (i, end) in guest_ends.into_vec().into_iter().enumerate() {
+                    if i == bad_at {
+                        // A datagram socket where a stream doorbell end belongs.
+                        let (d, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+                        fds.push(OwnedFd::from(d));
+                        drop(peer);
+                        drop(end);
+                    } else {
+                        // Watch this descriptor through a duplicate we can test.
+                        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+                        fds.push(OwnedFd::from(theirs));
+                        peers.push(mine);
+                        drop(end);
+                    }
+                }
+                let (live, _live_peer) = Liveness::pair().unwrap();
+                let e = ShmLink::guest_side(fds, live, &ShmConfig::default()).unwrap_err();
+                assert!(matches!(e, ShmError::BadHandoff(_)), "{e}");
+                for p in peers {
+                    p.set_nonblocking(true).unwrap();
+                    let mut b = [0u8; 1];
+                    // End of file: our descriptor was closed.
+                    assert_eq!(std::io::Read::read(&mut &p, &mut b).unwrap(), 0, "{bad_at}");
+                }
+            }
+        });
     }
 
     #[test]
