@@ -17,6 +17,12 @@
 //!
 //! * `spawn_kill_cycles_leak_nothing` — 20 real guest processes spawned by the hub, each
 //!   killed with SIGKILL while streaming: `Crashed` each time, nothing leaks.
+//! * `hostile_guest_cannot_block_or_starve_the_hub` — a guest clears `O_NONBLOCK` on every
+//!   descriptor it received, reads every doorbell end it has (to steal wake-ups) and floods
+//!   them: the hub, on a single-threaded runtime, keeps serving an echo guest, and its own
+//!   link to the hostile guest keeps working (sends until the ring is full, waits) and
+//!   fails with an error once the guest is killed. A watchdog thread fails the test if the
+//!   hub's thread ever blocks.
 //! * `shm_endpoint_connect_listen_and_full_refusal` — `shm://` parse/Display, `connect`
 //!   before anything listens (`NotFound`), `listen` + `connect` exchange a message; a hub
 //!   with one slot refuses a second guest with `Refused { Full }`.
@@ -29,9 +35,11 @@
 mod actors_support;
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_tether::actors::{
@@ -39,7 +47,7 @@ use actix_tether::actors::{
     Received, ShmHub, SpawnGuest,
 };
 use actix_tether::codec::Postcard;
-use actix_tether::links::{send_bytes, Link, LinkRx};
+use actix_tether::links::{send_bytes, Link, LinkError, LinkRx};
 use actix_tether::shm::bootstrap::{
     self, BootstrapConfig, BootstrapError, JoinRequest, RefuseReason,
 };
@@ -436,6 +444,138 @@ fn spawn_kill_cycles_leak_nothing() {
     });
 }
 
+/// Fails the whole process if it is not dropped within `limit`: a deadlock guard for tests
+/// where a blocked executor thread would keep tokio's own timers from firing.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn arm(what: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "watchdog: {what} did not finish in {limit:?} (a thread is blocked)"
+                );
+                std::process::exit(101);
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Messages the raw echo guest exchanges.
+const RAW_ECHOES: u32 = 2_000;
+
+fn hostile_guest_cannot_block_or_starve_the_hub() {
+    let _watchdog = Watchdog::arm("hostile guest test", Duration::from_secs(120));
+    // One thread: any system call of the hub that blocked would stop everything.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = HubConfig {
+            max_guests: 2,
+            ..Default::default()
+        };
+        let mut hub = Hub::bind(hub_path("hostile"), config).expect("bind");
+        let mut events = hub.take_events();
+        let mut cmd = guest_command("hostile");
+        cmd.stdout(Stdio::piped());
+        let mut hostile = hub.spawn(cmd).expect("spawn hostile guest");
+        let hosted = guard("accept hostile", hub.accept()).await.expect("accept");
+        assert_eq!(hosted.pid, hostile.id());
+        // Wait until it has cleared its flags and started its thieves and flooders.
+        let stdout = hostile.stdout.take().unwrap();
+        let line = guard(
+            "hostile guest ready",
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .map(|_| line)
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(line.trim(), "ready", "hostile guest: {line:?}");
+
+        // The hub's own link to it: send until the ring is full (then wait for space, on a
+        // doorbell the guest floods), and receive (on a flooded doorbell too).
+        let (mut htx, mut hrx) = hosted.link.split();
+        let sender = tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                match send_bytes(&mut htx, &[0x5a; 100]).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => return (sent, e),
+                }
+            }
+        });
+        let receiver = tokio::spawn(async move {
+            loop {
+                match hrx.recv().await {
+                    Ok(Some(_)) => {}
+                    other => return other,
+                }
+            }
+        });
+
+        // Meanwhile an honest guest is served by the same thread.
+        let echo = hub
+            .spawn(guest_command("raw_echo"))
+            .expect("spawn echo guest");
+        let honest = guard("accept echo", hub.accept()).await.expect("accept");
+        assert_eq!(honest.pid, echo.id());
+        let (mut etx, mut erx) = honest.link.split();
+        let mut echoed = 0u32;
+        loop {
+            match guard("echo recv", erx.recv()).await {
+                Ok(Some(m)) => {
+                    send_bytes(&mut etx, &m).await.expect("echo back");
+                    echoed += 1;
+                }
+                Ok(None) => break,
+                Err(e) => panic!("honest guest's link failed: {e}"),
+            }
+        }
+        assert_eq!(echoed, RAW_ECHOES);
+        assert!(wait_all(vec![echo]).await[0], "the echo guest failed");
+        match guard("echo left", events.recv()).await.unwrap() {
+            HubEvent::Left { peer, reason } => {
+                assert_eq!((peer, reason), (honest.peer, DisconnectReason::Clean))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // The hostile guest dies: the hub's link to it ends with errors, nothing hangs.
+        hostile.kill().unwrap();
+        hostile.wait().unwrap();
+        let (sent, err) = guard("hostile sender ends", sender).await.unwrap();
+        assert!(sent > 0, "the hub could not send at all");
+        assert!(matches!(err, LinkError::Closed), "sender: {err}");
+        let end = guard("hostile receiver ends", receiver).await.unwrap();
+        assert!(end.is_err(), "receiver: {end:?}");
+        match guard("hostile left", events.recv()).await.unwrap() {
+            HubEvent::Left { peer, reason } => {
+                assert_eq!((peer, reason), (hosted.peer, DisconnectReason::Crashed))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(hub.free_slots(), 2);
+    });
+}
+
 fn shm_endpoint_connect_listen_and_full_refusal() {
     use actix_tether::endpoint::{self, Endpoint, EndpointError};
     use actix_tether::links::AnyLink;
@@ -615,12 +755,134 @@ async fn scribble_guest() -> Result<(), String> {
     }
 }
 
+/// Hostile guest: joins with the raw bootstrap, clears `O_NONBLOCK` on every descriptor it
+/// received (with eventfd doorbells this flag was shared with the hub), then, for every
+/// doorbell end, runs a thief thread that reads it (blocking) and a flooder thread that
+/// writes to it without end (a near-saturating eventfd value and 64 KiB chunks). Prints
+/// `ready`, then waits for the hub to go away (or to be killed).
+fn hostile_guest() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let c = ShmConnector::from_env().map_err(|e| e.to_string())?;
+    let token: u64 = std::env::var(actix_tether::shm::hub::HUB_TOKEN_ENV)
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|_| "bad token")?;
+    let req = JoinRequest {
+        layout_version: LAYOUT_VERSION,
+        token,
+    };
+    let joined = rt
+        .block_on(bootstrap::join(
+            c.path(),
+            &req,
+            5,
+            &BootstrapConfig::default(),
+        ))
+        .map_err(|e| e.to_string())?;
+    let conn = joined.conn.into_owned_fd();
+    drop(rt);
+    let fds = joined.fds;
+    for fd in fds.iter().chain([&conn]) {
+        // SAFETY: F_GETFL/F_SETFL take and return integers; `fd` is open.
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
+                return Err(format!("fcntl: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    for fd in &fds[1..] {
+        let raw = fd.as_raw_fd();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                // SAFETY: `buf` is live and writable; `raw` stays open (the main thread
+                // keeps `fds` until the process ends).
+                let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+                if n == 0
+                    || (n < 0
+                        && std::io::Error::last_os_error().kind()
+                            != std::io::ErrorKind::Interrupted)
+                {
+                    return;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let near_max = (u64::MAX - 1).to_ne_bytes();
+            let chunk = [0xffu8; 65536];
+            loop {
+                // SAFETY: both buffers are live for their lengths; `raw` stays open.
+                let (a, b) = unsafe {
+                    (
+                        libc::write(raw, near_max.as_ptr().cast(), near_max.len()),
+                        libc::write(raw, chunk.as_ptr().cast(), chunk.len()),
+                    )
+                };
+                if a < 0
+                    && b < 0
+                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    // Neither write is possible on this end (e.g. EPIPE): give up on it.
+                    return;
+                }
+            }
+        });
+    }
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Blocks until the hub closes the connection (or this process is killed).
+    let mut b = [0u8; 64];
+    loop {
+        // SAFETY: `b` is live and writable; `conn` is open.
+        let n = unsafe { libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), b.len(), 0) };
+        if n <= 0 {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Raw echo guest: `RAW_ECHOES` round trips over its `ShmLink` (no actors), each checked,
+/// then closes its link.
+async fn raw_echo_guest() -> Result<(), String> {
+    let link = ShmConnector::from_env()
+        .map_err(|e| e.to_string())?
+        .join()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut tx, mut rx) = link.split();
+    for i in 0..RAW_ECHOES {
+        let msg = i.to_le_bytes().repeat(1 + (i as usize % 50));
+        send_bytes(&mut tx, &msg).await.map_err(|e| e.to_string())?;
+        match guard("raw echo", rx.recv()).await {
+            Ok(Some(back)) if back[..] == msg[..] => {}
+            other => return Err(format!("echo {i}: {other:?}")),
+        }
+    }
+    drop(tx);
+    drop(rx);
+    Ok(())
+}
+
 fn guest_main(role: &str) -> ExitCode {
+    if role == "hostile" {
+        return match hostile_guest() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "guest {role}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = System::new().block_on(async {
         match role {
             "echo" => echo_guest().await,
             "stream" => stream_guest().await,
             "scribble" => scribble_guest().await,
+            "raw_echo" => raw_echo_guest().await,
             other => Err(format!("unknown role {other}")),
         }
     });
@@ -640,7 +902,11 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(GUEST_ENV) {
         return guest_main(&role);
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
+        (
+            "hostile_guest_cannot_block_or_starve_the_hub",
+            hostile_guest_cannot_block_or_starve_the_hub,
+        ),
         (
             "spawn_kill_cycles_leak_nothing",
             spawn_kill_cycles_leak_nothing,

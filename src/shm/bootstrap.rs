@@ -1,5 +1,5 @@
 //! Hub bootstrap: a guest process joins a shared-memory hub over a Unix `SOCK_SEQPACKET`
-//! socket and receives its file descriptors (segment, eventfds, ...) in one `SCM_RIGHTS`
+//! socket and receives its file descriptors (segment, doorbell ends, ...) in one `SCM_RIGHTS`
 //! message. Plain library, Linux only, no actix.
 //!
 //! # Handshake
@@ -26,7 +26,20 @@
 //!
 //! The set of descriptors is opaque to this module: the hub passes any borrowed descriptors
 //! ([`Joining::welcome`]), the guest says how many it expects ([`join`]) and gets them back
-//! as a `Vec<OwnedFd>` in the same order.
+//! as a `Vec<OwnedFd>` in the same order. Their kinds are checked by whoever uses them (the
+//! shared-memory link checks that its doorbell ends are `AF_UNIX` stream sockets).
+//!
+//! # Versions
+//!
+//! [`PROTOCOL_VERSION`] covers this framing **and** the meaning of the descriptor set the
+//! hub ([`super::hub`]) sends with a welcome, so that a guest and a hub of different
+//! versions refuse each other with [`RefuseReason::UnsupportedVersion`] instead of failing
+//! on a descriptor:
+//!
+//! * 1 — the doorbells were eventfds shared by hub and guest (withdrawn: a guest could
+//!   clear their `O_NONBLOCK` flag and block the hub's threads).
+//! * 2 — the doorbells are socket pairs and the guest receives only its own ends (see
+//!   [`super::doorbell`]). Same framing as version 1.
 //!
 //! # Wire layout
 //!
@@ -109,8 +122,8 @@ pub const REQUEST_MAGIC: [u8; 8] = *b"TTHRJOIN";
 pub const RESPONSE_MAGIC: [u8; 8] = *b"TTHRWELC";
 /// Magic tag of a goodbye datagram.
 pub const GOODBYE_MAGIC: [u8; 8] = *b"TTHRBYE!";
-/// The bootstrap protocol version this library speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The bootstrap protocol version this library speaks (see the [module docs](self#versions)).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Size of a join request datagram in bytes.
 pub const REQUEST_LEN: usize = size_of::<RequestWire>();
 /// Size of a response datagram in bytes.

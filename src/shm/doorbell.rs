@@ -689,7 +689,10 @@ mod tests {
             }
         }
         // Each wait took at most DRAIN_MAX bytes.
-        assert!(waits * DRAIN_MAX >= queued, "{waits} waits for {queued} bytes");
+        assert!(
+            waits * DRAIN_MAX >= queued,
+            "{waits} waits for {queued} bytes"
+        );
     }
 
     #[test]
