@@ -23,6 +23,13 @@
 //!   link to the hostile guest keeps working (sends until the ring is full, waits) and
 //!   fails with an error once the guest is killed. A watchdog thread fails the test if the
 //!   hub's thread ever blocks.
+//! * `excess_pending_handshakes_are_closed_at_once` — with `max_pending_handshakes = 3`,
+//!   eight clients that connect and say nothing: five are closed at once (counted), three
+//!   when their request timeout expires; then a real guest joins.
+//! * `undrained_departures_hold_slots_and_are_never_lost` — an event channel of capacity 1
+//!   that nobody reads: a departure whose event cannot be queued keeps its slot, the hub
+//!   fills up and refuses a join (`Full`); once the application receives, every `Left`
+//!   arrives and the slots come back.
 //! * `shm_endpoint_connect_listen_and_full_refusal` — `shm://` parse/Display, `connect`
 //!   before anything listens (`NotFound`), `listen` + `connect` exchange a message; a hub
 //!   with one slot refuses a second guest with `Refused { Full }`.
@@ -33,10 +40,12 @@
 
 #[path = "actors_support/mod.rs"]
 mod actors_support;
+#[path = "shm_common/mod.rs"]
+mod shm_common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -51,7 +60,9 @@ use actix_tether::links::{send_bytes, Link, LinkError, LinkRx};
 use actix_tether::shm::bootstrap::{
     self, BootstrapConfig, BootstrapError, JoinRequest, RefuseReason,
 };
-use actix_tether::shm::hub::{Hub, HubConfig, HubError, HubEvent, HubHandle, ShmConnector};
+use actix_tether::shm::hub::{
+    Hub, HubConfig, HubError, HubEvent, HubGuest, HubHandle, ShmConnector,
+};
 use actix_tether::shm::layout::RegionId;
 use actix_tether::shm::layout::LAYOUT_VERSION;
 use actix_tether::shm::peers::DisconnectReason;
@@ -576,6 +587,150 @@ fn hostile_guest_cannot_block_or_starve_the_hub() {
     });
 }
 
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn excess_pending_handshakes_are_closed_at_once() {
+    current_thread().block_on(async {
+        let config = HubConfig {
+            max_pending_handshakes: 3,
+            bootstrap: BootstrapConfig {
+                request_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let path = hub_path("pending");
+        let mut hub = Hub::bind(&path, config).expect("bind");
+        // Eight clients that connect and say nothing (the kernel queues all of them).
+        let silent: Vec<_> = (0..8).map(|_| shm_common::raw_connect(&path)).collect();
+        // The hub takes three into handshakes and closes the five others at once; the
+        // three are closed when their request timeout expires. Every client sees the end.
+        let ends = tokio::task::spawn_blocking(move || {
+            silent
+                .iter()
+                .map(|fd| shm_common::raw_recv(fd).len())
+                .collect::<Vec<_>>()
+        });
+        tokio::select! {
+            r = hub.accept() => panic!("a silent client joined: {r:?}"),
+            ends = ends => assert_eq!(ends.unwrap(), vec![0; 8], "every client sees EOF"),
+        }
+        assert_eq!(hub.handshakes_dropped(), 5);
+        assert_eq!(hub.handle().handshakes_dropped(), 5);
+        // A real guest gets through.
+        let guest = tokio::spawn(ShmConnector::connect(path.clone()));
+        let hosted = guard("accept", hub.accept()).await.expect("accept");
+        let link = guard("join", guest).await.unwrap().expect("join");
+        let (mut gtx, _grx) = link.split();
+        let (_htx, mut hrx) = hosted.link.split();
+        send_bytes(&mut gtx, b"through").await.unwrap();
+        let got = guard("recv", hrx.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"through"[..]));
+        assert_eq!(hub.handshakes_dropped(), 5);
+    });
+}
+
+/// A guest joined with the raw bootstrap (no link on its side), and the hub's side.
+async fn join_raw(hub: &mut Hub, path: &std::path::Path) -> (bootstrap::Joined, HubGuest) {
+    let path = path.to_path_buf();
+    let guest = tokio::spawn(async move {
+        let req = JoinRequest {
+            layout_version: LAYOUT_VERSION,
+            token: 0,
+        };
+        bootstrap::join(&path, &req, 5, &BootstrapConfig::default()).await
+    });
+    let hosted = guard("accept", hub.accept()).await.expect("accept");
+    let joined = guard("join", guest).await.unwrap().expect("join");
+    (joined, hosted)
+}
+
+/// Makes the hub drop a raw guest (it sends a datagram the protocol never sends) and waits
+/// until the hub has closed the connection. On a single-threaded runtime that means the
+/// hub's watcher has processed the departure: its event is queued, or it waits for room.
+async fn leave(mut joined: bootstrap::Joined) {
+    // SAFETY: the buffer is live for its length; the descriptor is open.
+    let n = unsafe {
+        libc::send(
+            joined.conn.as_fd().as_raw_fd(),
+            b"junk".as_ptr().cast(),
+            4,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    assert_eq!(n, 4, "send: {}", std::io::Error::last_os_error());
+    let gone = guard("hub closes", joined.conn.gone()).await;
+    assert_eq!(gone, bootstrap::PeerGone::Eof);
+}
+
+fn undrained_departures_hold_slots_and_are_never_lost() {
+    current_thread().block_on(async {
+        let config = HubConfig {
+            max_guests: 2,
+            event_capacity: 1,
+            ..Default::default()
+        };
+        let path = hub_path("undrained");
+        let mut hub = Hub::bind(&path, config).expect("bind");
+        let mut events = hub.take_events();
+        let (a, ha) = join_raw(&mut hub, &path).await;
+        let (b, hb) = join_raw(&mut hub, &path).await;
+        assert_eq!(hub.free_slots(), 0);
+        leave(a).await;
+        assert_eq!(hub.free_slots(), 1, "a reported departure frees its slot");
+        // The channel (capacity 1) is full now and nobody receives.
+        leave(b).await;
+        assert_eq!(
+            hub.free_slots(),
+            1,
+            "an unreported departure keeps its slot"
+        );
+        let (c, hc) = join_raw(&mut hub, &path).await;
+        assert_eq!(hc.peer.slot(), ha.peer.slot());
+        leave(c).await;
+        assert_eq!(hub.free_slots(), 0);
+        // The hub is full: a join is refused, clearly.
+        let p = path.clone();
+        let refused = tokio::spawn(async move {
+            let req = JoinRequest {
+                layout_version: LAYOUT_VERSION,
+                token: 0,
+            };
+            bootstrap::join(&p, &req, 5, &BootstrapConfig::default()).await
+        });
+        tokio::select! {
+            r = hub.accept() => panic!("a guest joined a full hub: {r:?}"),
+            r = refused => match r.unwrap() {
+                Err(BootstrapError::Refused { reason: RefuseReason::Full, detail: 2 }) => {}
+                other => panic!("expected a Full refusal, got {other:?}"),
+            },
+        }
+        // Receiving delivers every departure; then the slots come back.
+        let mut left = Vec::new();
+        for _ in 0..3 {
+            match guard("left", events.recv()).await.expect("events open") {
+                HubEvent::Left { peer, reason } => {
+                    assert_eq!(reason, DisconnectReason::Crashed);
+                    left.push(peer);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(left[0], ha.peer, "the queued event comes first");
+        left.sort();
+        let mut expected = vec![ha.peer, hb.peer, hc.peer];
+        expected.sort();
+        assert_eq!(left, expected, "every departure is reported once");
+        assert_eq!(hub.free_slots(), 2);
+        let (_d, _hd) = join_raw(&mut hub, &path).await;
+    });
+}
+
 fn shm_endpoint_connect_listen_and_full_refusal() {
     use actix_tether::endpoint::{self, Endpoint, EndpointError};
     use actix_tether::links::AnyLink;
@@ -902,7 +1057,15 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(GUEST_ENV) {
         return guest_main(&role);
     }
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 9] = [
+        (
+            "excess_pending_handshakes_are_closed_at_once",
+            excess_pending_handshakes_are_closed_at_once,
+        ),
+        (
+            "undrained_departures_hold_slots_and_are_never_lost",
+            undrained_departures_hold_slots_and_are_never_lost,
+        ),
         (
             "hostile_guest_cannot_block_or_starve_the_hub",
             hostile_guest_cannot_block_or_starve_the_hub,

@@ -36,10 +36,15 @@
 //!
 //! # Not guaranteed
 //!
-//! * Events are sent with `do_send`: a [`PeerLeft`] for a recipient that is gone is lost,
-//!   as are events of guests whose join completes while the actor is stopping; and since
-//!   `do_send` ignores mailbox capacity, a recipient that does not keep up lets events queue
-//!   in its mailbox (at most two per guest join).
+//! * Events are delivered within the `events` recipient's mailbox capacity (`try_send`,
+//!   and when the mailbox is full, `send` whose reply the actor waits for, pausing its
+//!   streams meanwhile — never `do_send`, which ignores the capacity). So a recipient that
+//!   does not keep up slows the hub down instead of growing its mailbox: the actor stops
+//!   taking joins and departures; departures wait in the hub's bounded event channel
+//!   ([`HubConfig::event_capacity`]), and departed guests keep their slots until their
+//!   event is queued, so the hub fills up and refuses joins (`Full`) rather than growing.
+//!   Nothing is dropped on the way, but a [`PeerLeft`] for a recipient that has stopped is
+//!   lost, as are events of guests whose join completes while the actor is stopping.
 //! * A failure of the listener itself (rare: e.g. out of descriptors) is logged and
 //!   retried after [`ActorConfig::accept_retry_delay`]; individual failed joins are only
 //!   logged (the guest gets the error).
@@ -186,37 +191,66 @@ impl Actor for ShmHub {
     }
 }
 
+impl ShmHub {
+    /// Hands a guest's link to the application (after its `PeerJoined`).
+    fn hand_over(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
+        match offer(&self.incoming, incoming) {
+            Delivery::Done => {}
+            Delivery::Wait(request) => {
+                ctx.wait(request.into_actor(self).map(|res, _, ctx| {
+                    if res.is_err() {
+                        ctx.stop();
+                    }
+                }));
+            }
+            Delivery::Gone => ctx.stop(),
+        }
+    }
+
+    /// Sends an event within the events recipient's mailbox capacity, then runs `then`
+    /// (at once, or once the event is in the mailbox, with the actor's streams paused
+    /// meanwhile). A recipient that has stopped loses the event; `then` still runs.
+    fn emit(
+        &mut self,
+        event: HubPeerEvent,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut ShmHub, &mut Context<ShmHub>) + 'static,
+    ) {
+        match offer(&self.events, event) {
+            Delivery::Done | Delivery::Gone => then(self, ctx),
+            Delivery::Wait(request) => {
+                ctx.wait(
+                    request
+                        .into_actor(self)
+                        .map(move |_, act, ctx| then(act, ctx)),
+                );
+            }
+        }
+    }
+}
+
 impl StreamHandler<Item> for ShmHub {
     fn handle(&mut self, item: Item, ctx: &mut Context<Self>) {
         match item {
             Item::Guest(guest) => match *guest {
                 Ok(guest) => {
                     let id = LinkId::next();
-                    self.events.do_send(HubPeerEvent::Joined(PeerJoined {
+                    let joined = HubPeerEvent::Joined(PeerJoined {
                         peer: guest.peer,
                         pid: guest.pid,
                         link: id,
-                    }));
+                    });
                     let incoming = Incoming::new(AnyLink::from(guest.link), id, self.local.clone());
-                    match offer(&self.incoming, incoming) {
-                        Delivery::Done => {}
-                        Delivery::Wait(request) => {
-                            ctx.wait(request.into_actor(self).map(|res, _, ctx| {
-                                if res.is_err() {
-                                    ctx.stop();
-                                }
-                            }));
-                        }
-                        Delivery::Gone => ctx.stop(),
-                    }
+                    // `PeerJoined` first, then the link.
+                    self.emit(joined, ctx, move |act, ctx| act.hand_over(incoming, ctx));
                 }
                 Err(e) => {
                     tracing::warn!("shm hub {}: accept failed: {e}", self.local);
                 }
             },
             Item::Left(HubEvent::Left { peer, reason }) => {
-                self.events
-                    .do_send(HubPeerEvent::Left(PeerLeft { peer, reason }));
+                let left = HubPeerEvent::Left(PeerLeft { peer, reason });
+                self.emit(left, ctx, |_, _| {});
             }
         }
     }

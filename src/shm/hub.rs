@@ -3,7 +3,7 @@
 //! ```text
 //!   guest 1 ─┐  bootstrap (SOCK_SEQPACKET, stays open: liveness)   ┌─ Hub::accept → HubGuest { link }
 //!   guest 2 ─┼──────────────────────────────────────────────────────┤
-//!   guest n ─┘  SCM_RIGHTS: segment memfd + 4 eventfds              └─ HubEvent::Left { reason }
+//!   guest n ─┘  SCM_RIGHTS: segment memfd + 4 doorbell ends         └─ HubEvent::Left { reason }
 //! ```
 //!
 //! # Joining
@@ -12,8 +12,16 @@
 //! (see [`super::bootstrap`]). The hub takes a peer slot in its
 //! [`PeerTable`] (or refuses: [`RefuseReason::Full`] when `max_guests` slots are taken),
 //! creates the guest's shared state and replies, in **one** `SCM_RIGHTS` message, with the
-//! segment descriptor and the four doorbell eventfds. Both sides then build a [`ShmLink`]
-//! over it: the hub is side A, the guest side B. The bootstrap connection stays open for
+//! segment descriptor and the guest's ends of the four doorbell socket pairs (the hub keeps
+//! the other ends and closes the guest's once they are sent: neither side can touch the
+//! other's doorbell descriptors, see [`super::doorbell`]). Both sides then build a
+//! [`ShmLink`] over it: the hub is side A, the guest side B.
+//!
+//! Handshakes run concurrently, at most [`HubConfig::max_pending_handshakes`] at once, each
+//! bounded by the bootstrap's request timeout; a connection arriving while that many are
+//! pending is closed at once (counted by [`HubHandle::handshakes_dropped`] and logged), so
+//! silent connections cost a bounded amount of memory and never keep other guests out for
+//! longer than the request timeout. The bootstrap connection stays open for
 //! the life of the guest and is each link's liveness socket: its end of file (the guest
 //! closed it or died) fails the hub's link at once, and the hub's watcher task sees it too.
 //!
@@ -51,10 +59,20 @@
 //!    peer gone;
 //! 3. moves the slot to `Draining` and reports [`HubEvent::Left`].
 //!
-//! A `Draining` slot becomes free once the hub application holds no zero-copy `Bytes` over
-//! the guest's slab any more (`SlabReceiver::held() == 0`): such buffers stay valid (they
-//! keep the mapping alive) and the slot, hence the memory accounted to it, is reused only
-//! after they are dropped. Draining slots are swept whenever a slot is needed and by
+//! A `Draining` slot becomes free once its [`HubEvent::Left`] is queued and the hub
+//! application holds no zero-copy `Bytes` over the guest's slab any more
+//! (`SlabReceiver::held() == 0`): such buffers stay valid (they keep the mapping alive) and
+//! the slot, hence the memory accounted to it, is reused only after they are dropped.
+//!
+//! # Departure events are bounded and never lost
+//!
+//! [`Hub::take_events`] returns a channel of [`HubConfig::event_capacity`] events. When it
+//! is full (the application does not receive), the watcher of a departed guest waits for
+//! room before reporting, and its slot stays `Draining` until its event is queued. So an
+//! application that stops receiving ends up with a full hub — joins are refused with
+//! [`RefuseReason::Full`] — never with unbounded memory and never with a lost `Left`: at
+//! most `event_capacity` events are queued and at most `max_guests` watchers wait. Once the
+//! application receives again, the waiting events are delivered and their slots freed. Draining slots are swept whenever a slot is needed and by
 //! [`Hub::free_slots`]. The segment itself is unmapped when the last of the hub's link
 //! halves and buffers over it is dropped.
 //!
@@ -69,6 +87,11 @@
 //! # Not guaranteed
 //!
 //! * Departure is detected through the socket: a guest that is alive but stuck is not gone.
+//! * Departures are recorded only once [`Hub::take_events`] was called; with no receiver
+//!   (never taken, or dropped) they are not reported. A second `take_events` ends the first
+//!   receiver; an event a watcher was about to queue on it is lost.
+//! * A watcher waiting for room in the event channel keeps waiting after the hub is
+//!   dropped, until the application receives or drops the receiver.
 //! * `Crashed` versus `Clean` is a best effort: a guest that exits without dropping its link
 //!   (e.g. `std::process::exit`) counts as crashed.
 //! * `max_guests` bounds the slots, not the address space: a departed guest's segment stays
@@ -139,6 +162,15 @@ pub struct HubConfig {
     /// How long a slot reserved by [`Hub::spawn`] waits for its child to join before it is
     /// released. Default 30 s; must be non-zero.
     pub spawn_join_timeout: Duration,
+    /// Capacity of the departure channel returned by [`Hub::take_events`], in events.
+    /// Default 64; at least 1. When it is full, departed guests keep their slots until
+    /// their event can be queued (see the [module docs](self#departure-events-are-bounded-and-never-lost)).
+    pub event_capacity: usize,
+    /// Most bootstrap handshakes in progress at once (connections accepted whose join is
+    /// not yet answered; each is bounded by `bootstrap.request_timeout`). A connection
+    /// arriving while this many are pending is closed at once, without an answer (the guest
+    /// sees its join fail and may retry). Default 64; at least 1.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for HubConfig {
@@ -151,6 +183,8 @@ impl Default for HubConfig {
             },
             bootstrap: BootstrapConfig::default(),
             spawn_join_timeout: Duration::from_secs(30),
+            event_capacity: 64,
+            max_pending_handshakes: 64,
         }
     }
 }
@@ -216,6 +250,9 @@ struct SlotIo {
     slab: Option<SlabReceiver>,
     /// A duplicate of the bootstrap connection, to shut it down (hub drop).
     conn: Option<OwnedFd>,
+    /// The guest's departure was reported (its `Left` queued, or nobody listens): only then
+    /// may a draining slot be freed.
+    reported: bool,
 }
 
 struct State {
@@ -226,7 +263,9 @@ struct State {
     next_conn: u64,
     closed: bool,
     /// Where departures go, once `take_events` was called (before that they are dropped).
-    events: Option<mpsc::UnboundedSender<HubEvent>>,
+    events: Option<mpsc::Sender<HubEvent>>,
+    /// Connections closed at once because `max_pending_handshakes` were in progress.
+    handshakes_dropped: u64,
 }
 
 impl State {
@@ -247,7 +286,7 @@ impl State {
         let mut released = Vec::new();
         for (slot, io) in &self.io {
             if let Ok(SlotState::Draining { .. }) = self.table.state(io.handle) {
-                if io.slab.as_ref().map_or(0, |s| s.held()) == 0 {
+                if io.reported && io.slab.as_ref().map_or(0, |s| s.held()) == 0 {
                     released.push(*slot);
                 }
             }
@@ -307,6 +346,14 @@ impl Hub {
                 "spawn_join_timeout must be non-zero",
             ));
         }
+        if config.event_capacity == 0 {
+            return Err(HubError::InvalidConfig("event_capacity must be at least 1"));
+        }
+        if config.max_pending_handshakes == 0 {
+            return Err(HubError::InvalidConfig(
+                "max_pending_handshakes must be at least 1",
+            ));
+        }
         let table = PeerTable::new(config.max_guests)?;
         // Checks the link configuration once, up front (a throw-away in-process pair would
         // cost a segment; the geometry check is what matters).
@@ -327,6 +374,7 @@ impl Hub {
                 next_conn: 1,
                 closed: false,
                 events: None,
+                handshakes_dropped: 0,
             })),
             config,
             handshakes: FuturesUnordered::new(),
@@ -343,13 +391,20 @@ impl Hub {
         &self.config
     }
 
-    /// The departures of guests from now on, in order. Before the first call departures
-    /// are not recorded; a second call replaces the first receiver (which then ends). The
-    /// channel is unbounded (one small event per departure): keep receiving from it.
-    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<HubEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// The departures of guests from now on. Before the first call departures are not
+    /// recorded; a second call replaces the first receiver (which then ends). The channel
+    /// holds at most [`HubConfig::event_capacity`] events: keep receiving from it — while it
+    /// is full, departed guests keep their slots (see the
+    /// [module docs](self#departure-events-are-bounded-and-never-lost)).
+    pub fn take_events(&mut self) -> mpsc::Receiver<HubEvent> {
+        let (tx, rx) = mpsc::channel(self.config.event_capacity);
         lock(&self.state).events = Some(tx);
         rx
+    }
+
+    /// See [`HubHandle::handshakes_dropped`].
+    pub fn handshakes_dropped(&self) -> u64 {
+        lock(&self.state).handshakes_dropped
     }
 
     /// A cloneable handle for spawning guests and inspecting slots while another task
@@ -373,9 +428,11 @@ impl Hub {
     }
 
     /// Waits for the next guest to complete its join. Connections are handshaken
-    /// concurrently (a silent client delays nobody); a failed handshake is skipped (logged
-    /// at debug level), so this only returns an error when the listener itself fails.
-    /// Cancel-safe: handshakes in progress continue at the next call.
+    /// concurrently (a silent client delays nobody), at most
+    /// [`HubConfig::max_pending_handshakes`] at once: a connection beyond that is closed at
+    /// once (counted and logged). A failed handshake is skipped (logged at debug level), so
+    /// this only returns an error when the listener itself fails. Cancel-safe: handshakes
+    /// in progress continue at the next call.
     pub async fn accept(&mut self) -> Result<HubGuest, HubError> {
         loop {
             tokio::select! {
@@ -386,6 +443,26 @@ impl Hub {
                         Err(BootstrapError::Io { op: "SO_PEERCRED", .. }) => continue,
                         Err(e) => return Err(e.into()),
                     };
+                    if self.handshakes.len() >= self.config.max_pending_handshakes {
+                        drop(incoming);
+                        let dropped = {
+                            let mut st = lock(&self.state);
+                            st.handshakes_dropped += 1;
+                            st.handshakes_dropped
+                        };
+                        let max = self.config.max_pending_handshakes;
+                        // Every connection at debug level; a warning at the first and at
+                        // every power of two, so a flood cannot flood the log.
+                        tracing::debug!("shm hub: {max} handshakes pending, connection closed");
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(
+                                "shm hub {}: {max} handshakes pending, closed a new connection \
+                                 ({dropped} closed so far)",
+                                self.listener.path().display()
+                            );
+                        }
+                        continue;
+                    }
                     let state = self.state.clone();
                     let config = self.config.clone();
                     self.handshakes.push(Box::pin(async move {
@@ -432,6 +509,12 @@ impl HubHandle {
     /// The state of every slot that is not free.
     pub fn slots(&self) -> Vec<(PeerHandle, SlotState)> {
         lock(&self.state).table.iter().collect()
+    }
+
+    /// How many connections were closed at once, since the hub was bound, because
+    /// [`HubConfig::max_pending_handshakes`] handshakes were already in progress.
+    pub fn handshakes_dropped(&self) -> u64 {
+        lock(&self.state).handshakes_dropped
     }
 
     /// Starts `command` as a guest: reserves a slot for it and sets [`HUB_PATH_ENV`] and
@@ -568,6 +651,7 @@ async fn handshake(
                         handle,
                         slab: Some(side.slab.clone()),
                         conn: conn_dup,
+                        reported: false,
                     },
                 );
             }
@@ -637,7 +721,7 @@ async fn watch(
     // Fail both sides' links, whatever other descriptors of the socket are still open.
     shutdown(conn.as_fd());
     drop(conn);
-    {
+    let events = {
         let mut st = lock(&state);
         if let Some(io) = st.io.get_mut(&handle.slot()) {
             if io.handle == handle {
@@ -645,14 +729,28 @@ async fn watch(
             }
         }
         let _ = st.table.on_disconnect(handle, reason);
-        st.sweep();
-        if let Some(events) = &st.events {
-            let _ = events.send(HubEvent::Left {
-                peer: handle,
-                reason,
-            });
+        st.events.clone()
+    };
+    // Room for the event first (waiting while the application does not receive; the slot
+    // stays draining meanwhile), then, under the lock, queue it and let the slot go: once
+    // the application sees the event, the slot is free (or waits only for its buffers).
+    let permit = match &events {
+        Some(events) => events.reserve().await.ok(),
+        None => None,
+    };
+    let mut st = lock(&state);
+    if let Some(permit) = permit {
+        permit.send(HubEvent::Left {
+            peer: handle,
+            reason,
+        });
+    }
+    if let Some(io) = st.io.get_mut(&handle.slot()) {
+        if io.handle == handle {
+            io.reported = true;
         }
     }
+    st.sweep();
 }
 
 /// The guest side: joins a hub and returns the guest's [`ShmLink`].

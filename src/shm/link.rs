@@ -986,7 +986,7 @@ impl WriteSlot for ShmSlot<'_> {
                 .and_then(|(slot, len)| g.commit_slab(slot, len)),
         };
         let outcome = match wake {
-            Ok(w) if w.is_needed() => data_ready.ring().map_err(LinkError::from),
+            Ok(w) if w.is_needed() => data_ready.ring(),
             Ok(_) => Ok(()),
             Err(e) => Err(link_err(e)),
         };
