@@ -14,7 +14,7 @@
 //! * `actors` (feature `actors`, default) — actix actors over links: `LinkWriter`,
 //!   `LinkReader`, `Acceptor`, link events.
 //! * [`shm`] (Unix) — a zero-copy shared-memory link between threads or processes of one
-//!   host ([`shm::ShmLink`]): sealed memfd segment, SPSC rings, slab, eventfd doorbells; and
+//!   host ([`shm::ShmLink`]): sealed memfd segment, SPSC rings, slab, socket-pair doorbells; and
 //!   the hub bootstrap (descriptor passing).
 //! * [`stable`] — stable sessions that survive link failure (sans-IO core, plus a plain
 //!   tokio driver in [`stable::driver`]); actors `StableSession` and `StableRegistry`.

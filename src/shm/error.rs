@@ -133,7 +133,7 @@ pub enum ShmError {
         owner: u32,
     },
 
-    /// A system call on the segment, an eventfd or the liveness socket failed.
+    /// A system call on the segment, a doorbell or the liveness socket failed.
     #[error("{what} failed: {message}")]
     Io {
         /// The operation that failed.

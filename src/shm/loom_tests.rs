@@ -3,8 +3,10 @@
 //! The ring and slab use their atomics through `crate::sync`, which is loom under
 //! `--cfg loom`, and they "touch" a loom `UnsafeCell` for every ring word and slab slot they
 //! read or write, so loom also reports any access to frame or slot bytes that is not ordered
-//! by the index/flag protocol. Doorbells (eventfds in production) are modelled by a loom
-//! `Mutex<bool>` + `Condvar`: a lost wake-up makes loom report a deadlock.
+//! by the index/flag protocol. Doorbells (socket pairs in production) are modelled by a loom
+//! `Mutex<bool>` + `Condvar`: a lost wake-up makes loom report a deadlock. (A socket-pair
+//! doorbell keeps what the model needs: a ring before a wait is not lost, several rings
+//! before one wait coalesce into one wake-up, and a wake-up may be spurious.)
 //!
 //! These models are compiled by the separate crate `tests/loom` (which includes this file and
 //! the ring/slab sources by path), because `--cfg loom` reaches every dependency and tokio
@@ -23,7 +25,7 @@ use super::region::Region;
 use super::ring::{self, FrameKind, RingConsumer, RingProducer};
 use super::slab::{SlabConfig, SlabReceiver, SlabSender};
 
-/// An eventfd stand-in: `ring` sets it, `wait` blocks until set and drains it.
+/// A doorbell stand-in: `ring` sets it, `wait` blocks until set and drains it.
 #[derive(Default)]
 struct Doorbell {
     rung: Mutex<bool>,

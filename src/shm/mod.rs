@@ -4,7 +4,8 @@
 //! socket) and the hub's sans-IO peer table.
 //!
 //! See `SHM_API.md` and the module docs of [`ring`] and [`slab`]; for the link, of
-//! [`segment`] (memfd, layout validation), [`doorbell`] (eventfds, liveness socket) and
+//! [`segment`] (memfd, layout validation), [`doorbell`] (socket-pair doorbells, liveness
+//! socket) and
 //! [`link`] (the [`Link`](crate::links::Link) itself, parent/child handoff).
 //!
 //! Modules that need `unsafe` opt in with `#![allow(unsafe_code)]` themselves.

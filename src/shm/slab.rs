@@ -33,7 +33,7 @@
 //! `sender_parked` (written only by the sender), fences and reclaims; a receiver releasing a
 //! slot stores `FREE`, fences, and if the sender is parked and this park was not reported yet
 //! calls the notifier installed with [`SlabReceiver::set_release_notifier`] (for example:
-//! write the sender's space-ready eventfd).
+//! ring the sender's space-ready doorbell).
 //!
 //! ```
 //! use actix_tether::shm::{slab::{SlabConfig, SlabReceiver, SlabSender}, Region};
