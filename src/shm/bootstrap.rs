@@ -902,7 +902,13 @@ impl BootstrapListener {
     /// on `accept` should back off before retrying.
     pub async fn accept(&self) -> Result<Incoming, BootstrapError> {
         let fd = loop {
-            let mut guard = self.fd.readable().await.map_err(io_err("accept"))?;
+            // `poll_read_ready` (unlike `readable().await`) takes a unit of the task's
+            // cooperative budget, so a caller that loops on `accept` while connections keep
+            // arriving (e.g. the hub closing connections beyond its handshake cap) still
+            // yields to its executor.
+            let mut guard = std::future::poll_fn(|cx| self.fd.poll_read_ready(cx))
+                .await
+                .map_err(io_err("accept"))?;
             let res = guard.try_io(|l| {
                 // SAFETY: null address pointers are allowed (the peer address is not wanted);
                 // `l` is the open listening socket.
