@@ -225,9 +225,13 @@ struct Control {
 
 impl Control {
     fn flag(&self, which: usize) -> &AtomicU32 {
+        debug_assert!(self.dir < 2 && which < 2);
         let offset = self.dir * DIR_CONTROL_LEN + which * 64;
-        // SAFETY: the control region is CONTROL_LEN >= 256 bytes and 64-aligned (a Region
-        // invariant), so `offset + 4 <= len` and the pointer is 4-aligned; the memory lives
+        // SAFETY: `dir` is 0 or 1 (set from `Side` in `build`) and `which` is 0 or 1 (the two
+        // callers below), so `offset <= DIR_CONTROL_LEN + 64` and `offset + 4 <=
+        // 2 * DIR_CONTROL_LEN <= CONTROL_LEN` (const-asserted), the control region's length
+        // (checked by the segment's layout validation); regions are 64-aligned (a Region
+        // invariant) and `offset` is a multiple of 64, so the pointer is 4-aligned; the memory lives
         // as long as `self.region`; it is only ever accessed atomically (by both processes),
         // and any bit pattern is a valid u32.
         #[allow(unsafe_code)]
@@ -422,6 +426,10 @@ impl ShmLink {
         let var = std::env::var(HANDOFF_ENV)
             .map_err(|_| ShmError::BadHandoff(format!("{HANDOFF_ENV} is not set")))?;
         let fds = parse_handoff(&var)?;
+        // AcqRel: the swap is the only access to `TAKEN`; it pairs with itself (the Release
+        // half of the winning swap with the Acquire half of any later one), so a second
+        // caller that loses sees the winner's claim. No other data is published through it:
+        // Relaxed would do, AcqRel documents the claim.
         if TAKEN.swap(true, Ordering::AcqRel) {
             return Err(ShmError::BadHandoff(
                 "the handed-off descriptors were already taken by this process".into(),

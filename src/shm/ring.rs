@@ -228,9 +228,11 @@ pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
         h.tail.0.store(0, Ordering::Relaxed);
         h.consumer_parked.0.store(0, Ordering::Relaxed);
         h.producer_parked.0.store(0, Ordering::Relaxed);
-        // Publishing the initialised ring to the peer happens through whatever hands it the
-        // region (fd passing, thread spawn), which synchronises; this fence makes the stores
-        // above ordered before any later Release store of this thread as well.
+        // Release fence: pairs with the Acquire loads of `head` and `tail` in
+        // `RingProducer::attach` / `RingConsumer::attach` of an attacher in this process that
+        // synchronises through a later Release store of ours. Across processes the ring
+        // reaches the peer through whatever hands it the region (fd passing, process spawn),
+        // which synchronises by itself.
         fence(Ordering::Release);
     }
     #[cfg(loom)]
