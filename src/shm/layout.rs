@@ -29,7 +29,7 @@ use super::ShmError;
 pub const MAGIC: [u8; 8] = *b"TETHRSHM";
 
 /// Version of this layout. Bumped on any incompatible change to the header or a region.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Alignment of every region's start (one page), in bytes.
 pub const SEGMENT_ALIGN: u64 = 4096;

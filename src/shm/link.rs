@@ -75,11 +75,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::doorbell::{self, fd_is_open, Doorbell, DoorbellWaiter, Liveness};
 use super::layout::{LayoutParams, RegionId, CONTROL_LEN};
-use super::ring::{self, FrameKind, Grant, RingConsumer, RingProducer};
+use super::ring::{self, FrameKind, Grant, ReadFrame, RingConsumer, RingProducer};
 use super::segment::Segment;
 use super::slab::{SlabConfig, SlabReceiver, SlabSender, SlabSlot};
 use super::{Region, ShmError};
@@ -233,9 +233,13 @@ struct Control {
 
 impl Control {
     fn flag(&self, which: usize) -> &AtomicU32 {
+        debug_assert!(self.dir < 2 && which < 2);
         let offset = self.dir * DIR_CONTROL_LEN + which * 64;
-        // SAFETY: the control region is CONTROL_LEN >= 256 bytes and 64-aligned (a Region
-        // invariant), so `offset + 4 <= len` and the pointer is 4-aligned; the memory lives
+        // SAFETY: `dir` is 0 or 1 (set from `Side` in `build`) and `which` is 0 or 1 (the two
+        // callers below), so `offset <= DIR_CONTROL_LEN + 64` and `offset + 4 <=
+        // 2 * DIR_CONTROL_LEN <= CONTROL_LEN` (const-asserted), the control region's length
+        // (checked by the segment's layout validation); regions are 64-aligned (a Region
+        // invariant) and `offset` is a multiple of 64, so the pointer is 4-aligned; the memory lives
         // as long as `self.region`; it is only ever accessed atomically (by both processes),
         // and any bit pattern is a valid u32.
         #[allow(unsafe_code)]
@@ -501,6 +505,10 @@ impl ShmLink {
         let var = std::env::var(HANDOFF_ENV)
             .map_err(|_| ShmError::BadHandoff(format!("{HANDOFF_ENV} is not set")))?;
         let fds = parse_handoff(&var)?;
+        // AcqRel: the swap is the only access to `TAKEN`; it pairs with itself (the Release
+        // half of the winning swap with the Acquire half of any later one), so a second
+        // caller that loses sees the winner's claim. No other data is published through it:
+        // Relaxed would do, AcqRel documents the claim.
         if TAKEN.swap(true, Ordering::AcqRel) {
             return Err(ShmError::BadHandoff(
                 "the handed-off descriptors were already taken by this process".into(),
@@ -647,7 +655,11 @@ impl ShmLink {
             fault: fault.clone(),
         };
         let rx = ShmRx {
-            ring: RingConsumer::attach(seg.region(rx_ring)?, capacity)?,
+            ring: {
+                let mut ring = RingConsumer::attach(seg.region(rx_ring)?, capacity)?;
+                ring.set_release_batch(capacity / RELEASE_BATCH_DIVISOR);
+                ring
+            },
             slab,
             data_ready: rx_data,
             space_ready: rx_space,
@@ -660,6 +672,7 @@ impl ShmLink {
             max_held: config
                 .max_held_slots
                 .min((params.slot_count as usize).saturating_sub(1)),
+            arena: Arena::default(),
             spinner: Spinner::new(config.idle),
             done: None,
             fault,
@@ -800,7 +813,7 @@ impl ShmTx {
         {
             return Ok(false);
         }
-        Ok(self.slab.try_acquire().map_err(link_err)?.is_some())
+        self.slab.has_free().map_err(link_err)
     }
 
     /// Waits until [`ready`](Self::ready).
@@ -881,21 +894,15 @@ impl LinkTx for ShmTx {
             error,
             ..
         } = self;
-        // Only this half consumes ring space and slots, so what `ready` saw is still there.
-        let gone = || LinkError::Corrupt("ring room or slab slot vanished after check".into());
+        // Only this half consumes ring space, so what `ready` saw is still there.
         let grant = match ring.try_grant(*inline_max) {
             Ok(Some(g)) => g,
-            Ok(None) => return Err(gone()),
-            Err(e) => return Err(link_err(e)),
-        };
-        let slot = match slab.try_acquire() {
-            Ok(Some(s)) => s,
-            Ok(None) => return Err(gone()),
+            Ok(None) => return Err(vanished()),
             Err(e) => return Err(link_err(e)),
         };
         Ok(ShmPermit {
             grant,
-            slot,
+            slab,
             inline_max: *inline_max,
             data_ready,
             error,
@@ -911,10 +918,17 @@ impl LinkTx for ShmTx {
     }
 }
 
-/// A reservation on a [`ShmTx`]: ring room for one inline frame and one slab slot.
+/// Only the sending half consumes ring room and slab slots, so room or a slot it saw cannot
+/// disappear; if it does, shared memory was tampered with.
+fn vanished() -> LinkError {
+    LinkError::Corrupt("ring room or slab slot vanished after check".into())
+}
+
+/// A reservation on a [`ShmTx`]: ring room for one inline frame, and a slab with at least one
+/// free slot (only this permit can take it: `reserve` borrows the sender mutably).
 pub struct ShmPermit<'a> {
     grant: Grant<'a>,
-    slot: SlabSlot<'a>,
+    slab: &'a mut SlabSender,
     inline_max: usize,
     data_ready: &'a Doorbell,
     error: &'a mut Option<LinkError>,
@@ -926,19 +940,24 @@ impl<'a> Permit for ShmPermit<'a> {
     fn alloc(self, len: usize) -> Result<ShmSlot<'a>, LinkError> {
         let ShmPermit {
             grant,
-            mut slot,
+            slab,
             inline_max,
             data_ready,
             error,
         } = self;
         let body = if len <= inline_max {
-            drop(slot);
             Body::Inline(grant)
         } else {
-            let max = slot.as_mut_slice().len().max(inline_max);
-            if len > slot.as_mut_slice().len() {
-                return Err(LinkError::TooLarge { len, max });
+            let slot_size = slab.max_payload();
+            if len > slot_size {
+                return Err(LinkError::TooLarge {
+                    len,
+                    max: slot_size.max(inline_max),
+                });
             }
+            // `reserve` saw a free slot and only this permit takes slots; the slot handed out
+            // is the most recently released one, still hot in cache.
+            let slot = slab.try_acquire().map_err(link_err)?.ok_or_else(vanished)?;
             Body::Slab(grant, slot)
         };
         Ok(ShmSlot {
@@ -1009,6 +1028,8 @@ pub struct ShmRx {
     control: Control,
     peer_gone: Arc<AtomicBool>,
     max_held: usize,
+    /// Where inline payloads are copied to.
+    arena: Arena,
     spinner: Spinner,
     /// Sticky outcome once the link ended.
     done: Option<Result<(), LinkError>>,
@@ -1026,6 +1047,59 @@ impl std::fmt::Debug for ShmRx {
     }
 }
 
+/// The receiver publishes consumed ring space once `ring_capacity / RELEASE_BATCH_DIVISOR`
+/// bytes are pending, or when it finds the ring empty (see
+/// [`RingConsumer::set_release_batch`]).
+const RELEASE_BATCH_DIVISOR: usize = 16;
+
+/// Size in bytes of one receive arena chunk.
+const ARENA_CHUNK: usize = 16 * 1024;
+
+/// Payloads above this many bytes get an allocation of their own instead of arena space.
+const ARENA_MAX_PAYLOAD: usize = 1024;
+
+/// Receive arena for inline payloads: small messages are copied into a shared chunk and
+/// handed out as `Bytes` slices of it, so receiving costs a copy and a reference-count
+/// increment rather than an allocation and a free per message. A chunk is freed when the
+/// last message in it is dropped, and reused in place when every message of it was dropped
+/// by the time it is full, so a consumer that drops messages promptly touches one hot chunk.
+/// A message the application keeps pins at most one chunk ([`ARENA_CHUNK`] bytes).
+#[derive(Debug, Default)]
+struct Arena {
+    chunk: BytesMut,
+}
+
+impl Arena {
+    /// Copies an inline frame's payload out of the ring.
+    fn copy(&mut self, frame: &ReadFrame<'_>) -> Bytes {
+        let len = frame.len();
+        if len > ARENA_MAX_PAYLOAD {
+            let mut own = BytesMut::with_capacity(len);
+            Arena::fill(&mut own, frame);
+            return own.freeze();
+        }
+        if self.chunk.capacity() < len {
+            // Reuses the chunk's allocation if no message of it is alive, else allocates.
+            self.chunk.reserve(ARENA_CHUNK);
+        }
+        Arena::fill(&mut self.chunk, frame);
+        self.chunk.split().freeze()
+    }
+
+    /// Sets an empty `buf` to the payload.
+    fn fill(buf: &mut BytesMut, frame: &ReadFrame<'_>) {
+        debug_assert!(buf.is_empty());
+        buf.reserve(frame.len());
+        let n = frame.copy_payload(buf.spare_capacity_mut()).unwrap_or(0);
+        // SAFETY: `copy_payload` initialised the first `n` bytes of the spare capacity (it
+        // returns `None` and copies nothing only if the room is short, ruled out just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            buf.set_len(n)
+        };
+    }
+}
+
 /// One attempt at taking a frame.
 enum Taken {
     Message(Bytes),
@@ -1036,11 +1110,15 @@ enum Taken {
 impl ShmRx {
     fn try_take(&mut self) -> Result<Taken, LinkError> {
         let Some(frame) = self.ring.try_read().map_err(link_err)? else {
+            // Publish the space released in batches before anyone waits on it.
+            if self.ring.flush().is_needed() {
+                self.space_ready.ring()?;
+            }
             return Ok(Taken::Empty);
         };
         let (taken, wake) = match frame.kind() {
             FrameKind::Inline => {
-                let msg = Bytes::copy_from_slice(frame.payload());
+                let msg = self.arena.copy(&frame);
                 (Taken::Message(msg), frame.release())
             }
             FrameKind::Slab { slot } => {
@@ -1422,7 +1500,9 @@ mod tests {
             let (mut atx, _arx) = a.split();
             let (_btx, mut brx) = b.split();
             send(&mut atx, b"12345678").await.unwrap();
-            scribble(&seg, RegionId::RingAtoB, 256, |h| h | (0x77 << 32));
+            scribble(&seg, RegionId::RingAtoB, ring::ring_region_size(0), |h| {
+                h | (0x77 << 32)
+            });
             assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));
 
             // A slab reference to a slot that does not exist.
@@ -1431,7 +1511,7 @@ mod tests {
             let (_btx, mut brx) = b.split();
             send(&mut atx, &[1u8; 10_000]).await.unwrap();
             // Frame header: len (bits 0..32) | kind (32..40) | slot (40..64).
-            scribble(&seg, RegionId::RingAtoB, 256, |h| {
+            scribble(&seg, RegionId::RingAtoB, ring::ring_region_size(0), |h| {
                 (h & ((1 << 40) - 1)) | (999 << 40)
             });
             assert!(matches!(brx.recv().await, Err(LinkError::Corrupt(_))));

@@ -61,11 +61,15 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 }
 
 fn ring_pair() -> (RingProducer, RingConsumer) {
-    let region = Region::heap(ring::ring_region_size(CAP));
-    ring::init(&region, CAP).unwrap();
+    ring_pair_of(CAP)
+}
+
+fn ring_pair_of(cap: usize) -> (RingProducer, RingConsumer) {
+    let region = Region::heap(ring::ring_region_size(cap));
+    ring::init(&region, cap).unwrap();
     (
-        RingProducer::attach(region.clone(), CAP).unwrap(),
-        RingConsumer::attach(region, CAP).unwrap(),
+        RingProducer::attach(region.clone(), cap).unwrap(),
+        RingConsumer::attach(region, cap).unwrap(),
     )
 }
 
@@ -98,6 +102,10 @@ fn recv_parking(rx: &mut RingConsumer, data: &Doorbell, space: &Doorbell) -> Vec
                 space.ring();
             }
             return v;
+        }
+        // Publishes space released in a batch (see `RingConsumer::set_release_batch`).
+        if rx.flush().is_needed() {
+            space.ring();
         }
         if rx.prepare_park().unwrap() {
             data.wait();
@@ -142,6 +150,34 @@ fn ring_wrap_with_padding_and_full() {
         let mut tx = producer.join().unwrap();
         assert!(tx.is_drained().unwrap());
         assert!(rx.try_read().unwrap().is_none());
+    });
+}
+
+/// Batched release (see `RingConsumer::set_release_batch`): a 128-byte ring whose consumer
+/// publishes released space in batches of 32 bytes. After a 48-byte frame (56 bytes), the
+/// producer sends an 8-byte frame (16 bytes, which the consumer releases without publishing)
+/// and a 56-byte frame (64 bytes), which at offset 72 needs 56 bytes of padding plus 64: it
+/// fits only once the small frame's space is published — by the consumer's `flush` on
+/// finding the ring empty. If that space could stay unpublished while the consumer
+/// parks, both sides would sleep and loom would report the deadlock.
+#[test]
+fn ring_batched_release_no_lost_wakeup() {
+    model(|| {
+        let (mut tx, mut rx) = ring_pair_of(2 * CAP);
+        rx.set_release_batch(32);
+        let (data, space) = (Arc::new(Doorbell::default()), Arc::new(Doorbell::default()));
+        send_parking(&mut tx, &[7; 48], &data, &space);
+        assert_eq!(recv_parking(&mut rx, &data, &space), vec![7; 48]);
+        let (d, s) = (Arc::clone(&data), Arc::clone(&space));
+        let producer = thread::spawn(move || {
+            for m in [&[8; 8][..], &[8; 56]] {
+                send_parking(&mut tx, m, &d, &s);
+            }
+        });
+        for m in [&[8; 8][..], &[8; 56]] {
+            assert_eq!(recv_parking(&mut rx, &data, &space), m.to_vec());
+        }
+        producer.join().unwrap();
     });
 }
 

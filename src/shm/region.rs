@@ -70,9 +70,11 @@ impl Region {
     ///
     /// # Safety
     ///
-    /// `ptr .. ptr + len` must be valid for reads and writes for as long as `keep_alive`
-    /// lives (for example `keep_alive` owns the mapping `ptr` points into), and must not be
-    /// accessed by this process other than through regions (another process may access it).
+    /// `ptr .. ptr + len` must lie within a single allocation or mapping (so that pointer
+    /// offsets inside it are in bounds), `len` must be at most `isize::MAX`, the range must be
+    /// valid for reads and writes for as long as `keep_alive` lives (for example
+    /// `keep_alive` owns the mapping `ptr` points into), and it must not be accessed by this
+    /// process other than through regions (another process may access it).
     pub unsafe fn from_raw_parts(
         ptr: *mut u8,
         len: usize,

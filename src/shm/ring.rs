@@ -3,11 +3,11 @@
 //! # Layout
 //!
 //! ```text
-//!  region: [ RingHeader (256 B)                                  ][ data: capacity bytes ]
-//!            line 0: head            (u64, written only by the producer)
-//!            line 1: tail            (u64, written only by the consumer)
-//!            line 2: consumer_parked (u64, written only by the consumer)
-//!            line 3: producer_parked (u64, written only by the producer)
+//!  region: [ RingHeader (512 B)                                  ][ data: capacity bytes ]
+//!            bytes   0..128: head            (u64, written only by the producer)
+//!            bytes 128..256: tail            (u64, written only by the consumer)
+//!            bytes 256..384: consumer_parked (u64, written only by the consumer)
+//!            bytes 384..512: producer_parked (u64, written only by the producer)
 //! ```
 //!
 //! `head` and `tail` are free-running byte counters (never reduced modulo the capacity); the
@@ -112,9 +112,22 @@ const KIND_SLAB: u32 = 2;
 const KIND_CLOSE: u32 = 3;
 const KIND_PAD: u32 = 4;
 
-/// One cache line holding `T`.
+/// One index or flag on two cache lines of its own: 128 bytes, so that the adjacent-line
+/// prefetcher (which pulls 128-byte pairs of lines) does not make the producer's and the
+/// consumer's words share a pair. Measured: with 64-byte lines, a consumer's `tail` store
+/// stalled on the pair holding the producer's `head`.
 #[repr(C, align(64))]
-struct Line<T>(T);
+struct Line<T>(T, [u64; LINE_PAD_WORDS]);
+
+/// Padding words after an 8-byte word to fill 128 bytes.
+const LINE_PAD_WORDS: usize = 15;
+
+impl<T> Line<T> {
+    #[cfg(loom)]
+    fn new(value: T) -> Line<T> {
+        Line(value, [0; LINE_PAD_WORDS])
+    }
+}
 
 /// The shared header of a ring. Placed at the start of the ring's region.
 #[repr(C)]
@@ -129,7 +142,7 @@ struct RingHeader {
 
 #[cfg(not(loom))]
 const _: () = {
-    assert!(std::mem::size_of::<RingHeader>() == 256);
+    assert!(std::mem::size_of::<RingHeader>() == 512);
     assert!(std::mem::align_of::<RingHeader>() == 64);
 };
 
@@ -215,9 +228,11 @@ pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
         h.tail.0.store(0, Ordering::Relaxed);
         h.consumer_parked.0.store(0, Ordering::Relaxed);
         h.producer_parked.0.store(0, Ordering::Relaxed);
-        // Publishing the initialised ring to the peer happens through whatever hands it the
-        // region (fd passing, thread spawn), which synchronises; this fence makes the stores
-        // above ordered before any later Release store of this thread as well.
+        // Release fence: pairs with the Acquire loads of `head` and `tail` in
+        // `RingProducer::attach` / `RingConsumer::attach` of an attacher in this process that
+        // synchronises through a later Release store of ours. Across processes the ring
+        // reaches the peer through whatever hands it the region (fd passing, process spawn),
+        // which synchronises by itself.
         fence(Ordering::Release);
     }
     #[cfg(loom)]
@@ -229,10 +244,10 @@ pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
             ptr::write(
                 hdr,
                 RingHeader {
-                    head: Line(AtomicU64::new(0)),
-                    tail: Line(AtomicU64::new(0)),
-                    consumer_parked: Line(AtomicU64::new(0)),
-                    producer_parked: Line(AtomicU64::new(0)),
+                    head: Line::new(AtomicU64::new(0)),
+                    tail: Line::new(AtomicU64::new(0)),
+                    consumer_parked: Line::new(AtomicU64::new(0)),
+                    producer_parked: Line::new(AtomicU64::new(0)),
                     shadow: std::array::from_fn(|_| Tracked::new()),
                 },
             )
@@ -658,9 +673,15 @@ impl Grant<'_> {
 #[derive(Debug)]
 pub struct RingConsumer {
     ring: Ring,
-    /// Authoritative tail (we are its only writer); may run ahead of the shared tail by
-    /// skipped padding frames until the next release.
+    /// Authoritative tail (we are its only writer); runs ahead of the shared tail by skipped
+    /// padding frames and by releases not yet published (see `release_batch`).
     tail: u64,
+    /// The tail last stored to shared memory.
+    published_tail: u64,
+    /// Released bytes are published once at least this many are pending (0: every release).
+    release_batch: u64,
+    /// A wake-up found by `prepare_park`'s publication, reported by the next `flush`.
+    owed_wake: bool,
     /// Last head read from shared memory.
     cached_head: u64,
     /// Our side of `consumer_parked`.
@@ -688,6 +709,9 @@ impl RingConsumer {
         Ok(RingConsumer {
             ring,
             tail,
+            published_tail: tail,
+            release_batch: 0,
+            owed_wake: false,
             cached_head: head,
             waiter,
             notifier: Notifier::default(),
@@ -697,6 +721,41 @@ impl RingConsumer {
     /// Ring capacity in bytes.
     pub fn capacity(&self) -> usize {
         self.ring.capacity as usize
+    }
+
+    /// Batches the publication of released space: [`ReadFrame::release`] stores the shared
+    /// `tail` (and checks whether the producer is parked) only once `bytes` of released space
+    /// are pending, instead of after every frame. A busy consumer then writes the line holding
+    /// `tail` — which the producer reads — once per `bytes` rather than once per frame.
+    ///
+    /// Clamped to `capacity / 4`, so a producer waiting for room for the largest frame is
+    /// never held back by the batch alone. With a batch, the caller **must** call
+    /// [`flush`](Self::flush) whenever [`try_read`](Self::try_read) returns `Ok(None)`, before
+    /// waiting: that is what publishes the last frames of a burst. ([`prepare_park`](
+    /// Self::prepare_park) refuses to park — returns `Ok(false)` — while released space is
+    /// unpublished, and leaves the wake-up to the next `flush`.)
+    pub fn set_release_batch(&mut self, bytes: usize) {
+        self.release_batch = (bytes as u64).min(self.ring.capacity / 4);
+    }
+
+    /// Publishes released space not yet published (see
+    /// [`set_release_batch`](Self::set_release_batch)) and tells whether the producer must be
+    /// woken. Cheap when nothing is pending.
+    pub fn flush(&mut self) -> Wake {
+        let owed = std::mem::take(&mut self.owed_wake);
+        if self.published_tail == self.tail {
+            return Wake(owed);
+        }
+        Wake(self.publish_tail().is_needed() || owed)
+    }
+
+    fn publish_tail(&mut self) -> Wake {
+        self.published_tail = self.tail;
+        let h = self.ring.header();
+        // Release: pairs with the producer's Acquire load of `tail` in `refresh_tail`; our
+        // reads of the released bytes happen before it overwrites them.
+        h.tail.0.store(self.tail, Ordering::Release);
+        self.notifier.notify(&h.producer_parked.0)
     }
 
     /// Re-reads the producer's head and validates it.
@@ -806,10 +865,17 @@ impl RingConsumer {
         self.refresh_head()?;
         if self.tail != self.cached_head {
             self.waiter.clear(&self.ring.header().consumer_parked.0);
-            Ok(false)
-        } else {
-            Ok(true)
+            return Ok(false);
         }
+        // Never sleep on unpublished space: a producer waiting for it would wait for us while
+        // we wait for it. A caller that forgot to `flush` gets `false` (retry) and the wake-up
+        // at its next `flush`.
+        if self.published_tail != self.tail {
+            self.owed_wake |= self.publish_tail().is_needed();
+            self.waiter.clear(&self.ring.header().consumer_parked.0);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Withdraws the park announcement after waking up.
@@ -827,6 +893,8 @@ impl RingConsumer {
         h.consumer_parked.0.store(0, Ordering::Relaxed);
         h.producer_parked.0.store(0, Ordering::Relaxed);
         self.tail = 0;
+        self.published_tail = 0;
+        self.owed_wake = false;
         self.cached_head = 0;
         self.waiter = Waiter::default();
         self.notifier = Notifier::default();
@@ -868,7 +936,11 @@ impl ReadFrame<'_> {
         self.len == 0
     }
 
-    /// The inline payload (empty for slab references and close markers).
+    /// The inline payload (empty for slab references and close markers), in place.
+    ///
+    /// For a ring shared with another process prefer [`copy_payload`](Self::copy_payload):
+    /// a slice is a promise that the bytes do not change while it lives, which a hostile
+    /// peer can break.
     pub fn payload(&self) -> &[u8] {
         if self.kind != FrameKind::Inline {
             return &[];
@@ -884,16 +956,49 @@ impl ReadFrame<'_> {
         }
     }
 
+    /// Copies the inline payload (empty for slab references and close markers) to the start
+    /// of `dst` and returns its length, or `None` (copying nothing) if `dst` is shorter.
+    ///
+    /// Unlike [`payload`](Self::payload), this never forms a reference to ring memory, so
+    /// it stays sound when a hostile peer process rewrites the bytes while they are copied
+    /// (the copy may then hold a mix of old and new bytes — never more or fewer).
+    pub fn copy_payload(&self, dst: &mut [std::mem::MaybeUninit<u8>]) -> Option<usize> {
+        if self.kind != FrameKind::Inline {
+            return Some(0);
+        }
+        if dst.len() < self.len {
+            return None;
+        }
+        let ring = &self.consumer.ring;
+        // SAFETY: the source is `len` bytes inside the data area (validated in `try_read`:
+        // `offset + 8 + len <= offset + foot <= capacity`); the destination is a distinct,
+        // exclusively borrowed buffer of at least `len` bytes (checked above), so the ranges
+        // do not overlap. The raw copy reads bytes the producer published before its Release
+        // store of `head` (Acquired by us); a concurrent write by a misbehaving peer only
+        // changes the values copied, as for any shared-memory read.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                ring.data(self.offset + FRAME_HEADER_LEN as u64)
+                    .cast_const(),
+                dst.as_mut_ptr().cast::<u8>(),
+                self.len,
+            )
+        };
+        Some(self.len)
+    }
+
     /// Consumes the frame: frees its ring space (and any padding before it) and tells
-    /// whether the producer must be woken.
+    /// whether the producer must be woken. With a [release
+    /// batch](RingConsumer::set_release_batch), the space is published to the producer only
+    /// once the batch is full or at [`RingConsumer::flush`].
     pub fn release(self) -> Wake {
         let c = self.consumer;
         c.tail = c.tail.wrapping_add(self.foot);
-        let h = c.ring.header();
-        // Release: pairs with the producer's Acquire load of `tail` in `refresh_tail`; our
-        // reads of the released bytes happen before it overwrites them.
-        h.tail.0.store(c.tail, Ordering::Release);
-        c.notifier.notify(&h.producer_parked.0)
+        if c.tail.wrapping_sub(c.published_tail) >= c.release_batch {
+            c.publish_tail()
+        } else {
+            Wake(false)
+        }
     }
 }
 
@@ -1121,5 +1226,57 @@ mod tests {
         assert!(rx.try_read().unwrap().is_none());
         assert!(send(&mut tx, &[2; 8]));
         assert_eq!(rx.try_read().unwrap().unwrap().payload(), &[2; 8]);
+    }
+
+    #[test]
+    fn batched_release_publishes_at_the_batch_or_on_flush() {
+        let (mut tx, mut rx, _) = pair(256);
+        rx.set_release_batch(1 << 20);
+        assert_eq!(rx.release_batch, 64, "clamped to a quarter of the ring");
+        // 24-byte payloads: 32-byte frames; eight fill the ring.
+        for i in 0..8 {
+            assert!(send(&mut tx, &[i; 24]));
+        }
+        assert!(!send(&mut tx, &[9; 24]));
+        let _ = rx.try_read().unwrap().unwrap().release();
+        assert!(
+            !send(&mut tx, &[9; 24]),
+            "32 bytes released, not yet published"
+        );
+        assert!(tx.prepare_park(24).unwrap(), "the producer parks");
+        // The second release reaches the batch: published, and the producer was parked.
+        let wake = rx.try_read().unwrap().unwrap().release();
+        assert!(wake.is_needed());
+        tx.unpark();
+        assert!(send(&mut tx, &[9; 24]));
+        assert!(send(&mut tx, &[10; 24]));
+        assert!(!send(&mut tx, &[11; 24]), "full again");
+        // One more release stays pending until the consumer flushes.
+        assert_eq!(rx.try_read().unwrap().unwrap().payload(), &[2; 24]);
+        let _ = rx.try_read().unwrap().unwrap().release();
+        assert!(!send(&mut tx, &[11; 24]));
+        assert!(!rx.flush().is_needed());
+        assert!(send(&mut tx, &[11; 24]));
+        assert!(!rx.flush().is_needed(), "nothing pending");
+    }
+
+    #[test]
+    fn prepare_park_refuses_to_sleep_on_unpublished_space() {
+        let (mut tx, mut rx, _) = pair(256);
+        rx.set_release_batch(64);
+        for i in 0..8 {
+            assert!(send(&mut tx, &[i; 24]));
+        }
+        assert!(
+            tx.prepare_park(24).unwrap(),
+            "ring full: the producer parks"
+        );
+        let _ = rx.try_read().unwrap().unwrap().release();
+        // The consumer did not flush: prepare_park publishes, refuses to sleep, and the
+        // owed wake-up comes out of the next flush.
+        assert!(!rx.prepare_park().unwrap());
+        assert!(rx.flush().is_needed());
+        tx.unpark();
+        assert!(send(&mut tx, &[9; 24]));
     }
 }

@@ -238,8 +238,9 @@ impl Segment {
     pub fn region(self: &Arc<Segment>, id: RegionId) -> Result<Region, ShmError> {
         let (ptr, len) = self.region_ptr(id);
         let keep_alive: Arc<dyn Send + Sync> = self.clone();
-        // SAFETY: the region lies inside the mapping (validated on attach, by construction on
-        // create) and the mapping lives as long as `keep_alive`, an `Arc` of this segment;
+        // SAFETY: the region lies inside the one mapping of this segment (validated on
+        // attach, by construction on create), whose length fits `isize` (mmap cannot map
+        // more), and the mapping lives as long as `keep_alive`, an `Arc` of this segment;
         // this process touches segment memory only through regions (the header was copied
         // out once, before any region existed).
         #[allow(unsafe_code)]

@@ -324,13 +324,24 @@ impl SlabSender {
         Ok(reclaimed)
     }
 
-    /// A free slot to write a payload into, reclaiming released slots if the local free list
-    /// is empty. `Ok(None)`: every slot is in flight; wait with
-    /// [`prepare_park`](Self::prepare_park).
-    pub fn try_acquire(&mut self) -> Result<Option<SlabSlot<'_>>, ShmError> {
+    /// Whether a slot is free now, reclaiming released slots only if the local free list is
+    /// empty (cheap: no shared-memory access while the free list is not empty).
+    pub fn has_free(&mut self) -> Result<bool, ShmError> {
         if self.free.is_empty() {
             self.reclaim()?;
         }
+        Ok(!self.free.is_empty())
+    }
+
+    /// A free slot to write a payload into. `Ok(None)`: every slot is in flight; wait with
+    /// [`prepare_park`](Self::prepare_park).
+    ///
+    /// Reclaims released slots first and hands out the most recently reclaimed one (the free
+    /// list is a stack): a receiver that drops each message before the next arrives keeps
+    /// the sender on one or two slots whose pages are mapped and in cache, instead of cycling
+    /// through the whole slab. Costs one load per in-flight slot.
+    pub fn try_acquire(&mut self) -> Result<Option<SlabSlot<'_>>, ShmError> {
+        self.reclaim()?;
         Ok(self.free.pop().map(|index| SlabSlot {
             sender: self,
             index,
