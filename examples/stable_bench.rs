@@ -48,6 +48,15 @@ async fn bare(items: u32) -> Result<Duration, BoxError> {
 
 fn config() -> StableConfig {
     StableConfig {
+        ack_every: std::env::var("ACK_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32),
+        replay_max_frames: std::env::var("WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096),
+        replay_max_bytes: 1 << 30,
         reconnect: ReconnectPolicy {
             initial_delay: Duration::ZERO,
             max_delay: Duration::ZERO,
@@ -82,8 +91,12 @@ async fn stable(items: u32) -> Result<Duration, BoxError> {
     for _ in 0..items {
         client.send(payload.clone()).await?;
     }
-    let _srv = recv.await??;
-    Ok(t0.elapsed())
+    let srv = recv.await??;
+    let el = t0.elapsed();
+    if std::env::var_os("STATS").is_some() {
+        eprintln!("client {:?}\nserver {:?}", client.stats(), srv.stats());
+    }
+    Ok(el)
 }
 
 async fn kill_to_replay() -> Result<Duration, BoxError> {
@@ -133,8 +146,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    let rt = if std::env::var_os("CT").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let items: u32 = args
         .next()
@@ -145,7 +171,12 @@ async fn main() -> Result<(), BoxError> {
     let (mut bare_rates, mut stable_rates, mut ratios, mut kills) =
         (vec![], vec![], vec![], vec![]);
     for r in 0..repeats {
-        let b = items as f64 / bare(items).await?.as_secs_f64();
+        let only_stable = std::env::var_os("ONLY_STABLE").is_some();
+        let b = if only_stable {
+            1.0
+        } else {
+            items as f64 / bare(items).await?.as_secs_f64()
+        };
         let s = items as f64 / stable(items).await?.as_secs_f64();
         let k = kill_to_replay().await?.as_secs_f64() * 1e6;
         println!(

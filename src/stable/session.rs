@@ -245,6 +245,14 @@ impl Session {
         self.rx_last
     }
 
+    /// Items received in order and not yet acknowledged to the peer. While it is above
+    /// zero, the `now` passed to [`handle_frame`](Session::handle_frame) is not used (the
+    /// ack deadline runs from the oldest of them), so a driver may pass a recent cached
+    /// time instead of reading the clock.
+    pub fn received_unacked(&self) -> u32 {
+        self.rx_unacked
+    }
+
     // ---- sending -------------------------------------------------------------------
 
     /// Whether an item of `len` bytes fits in the replay buffer now. When it does not, the
@@ -485,7 +493,8 @@ impl Session {
     /// * Accepted → the session is up; on a resume, replay starts with the first item the
     ///   server did not acknowledge.
     /// * Rejected → the session is lost: [`StableError::SessionLost`] with the number of
-    ///   items never acknowledged.
+    ///   items never acknowledged; or, when no session had been established yet (the server
+    ///   refused a new session), [`StableError::Refused`].
     /// * Malformed or inconsistent, or past the deadline → an error; the link must be
     ///   closed and the session returns to "no link" (it may reconnect).
     pub fn handle_server_hello(
@@ -510,7 +519,14 @@ impl Session {
             }
         };
         if hello.is_rejected() {
-            return Err(self.mark_lost());
+            let lost = self.mark_lost();
+            if !self.established {
+                // No key was presented: the server refused to create the session.
+                return Err(StableError::Refused {
+                    unacked: self.replay.len(),
+                });
+            }
+            return Err(lost);
         }
         let key = ResumeKey::from_bytes(hello.resume_key);
         if !self.established {
@@ -902,6 +918,20 @@ mod tests {
             p.c.client_hello(p.now),
             Err(StableError::SessionLost { .. })
         ));
+    }
+
+    #[test]
+    fn rejected_new_session_is_refused() {
+        let now = Instant::now();
+        let mut c = Session::client(cfg()).unwrap();
+        c.push(item(0)).unwrap();
+        c.client_hello(now).unwrap();
+        let err = c
+            .handle_server_hello(now, &ServerHello::rejected().to_bytes())
+            .unwrap_err();
+        assert!(matches!(err, StableError::Refused { unacked: 1 }), "{err}");
+        assert!(c.is_lost());
+        assert!(c.client_hello(now).is_err(), "no retry after a refusal");
     }
 
     #[test]
