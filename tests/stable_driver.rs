@@ -564,3 +564,80 @@ fn sequence_numbers_wrap_around() {
         assert!(c.session.resumes >= 2, "{c:?}");
     });
 }
+
+#[test]
+fn session_limit_refuses_new_sessions_with_a_clear_error() {
+    rt().block_on(async {
+        let cfg = StableConfig {
+            max_sessions: 2,
+            resume_grace: Duration::from_millis(300),
+            ..config()
+        };
+        let (ep, server, mut sessions) = tcp_server(cfg.clone()).await;
+        let mut first = Vec::new();
+        for i in 0..2u32 {
+            let client =
+                StableClient::connect(ep.clone(), cfg.clone(), DriverConfig::default()).unwrap();
+            let mut srv = guard("accept", sessions.accept()).await.unwrap();
+            client.send(item(i)).await.unwrap();
+            assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(i));
+            first.push((client, srv));
+        }
+        // A third session is refused: a distinct, terminal error on both calls, an event,
+        // and a counter on the server. The items it queued are reported as undelivered.
+        let mut third =
+            StableClient::connect(ep.clone(), cfg.clone(), DriverConfig::default()).unwrap();
+        let mut events = third.take_events().unwrap();
+        third.send(item(7)).await.unwrap();
+        let err = guard("refusal", third.recv()).await.unwrap_err();
+        assert!(
+            matches!(err, StableError::Refused { unacked: 1 }),
+            "{err:?}"
+        );
+        assert!(matches!(
+            third.send(item(8)).await,
+            Err(StableError::Refused { unacked: 1 })
+        ));
+        let mut seen = vec![];
+        while let Ok(ev) = events.try_recv() {
+            seen.push(ev);
+        }
+        assert!(
+            matches!(seen.last(), Some(SessionEvent::Refused { unacked: 1 })),
+            "{seen:?}"
+        );
+        let st = server.stats();
+        assert_eq!((st.sessions, st.refused, st.rejected), (2, 1, 0), "{st:?}");
+        assert_eq!(server.sessions(), 2);
+        // The sessions in place are unaffected.
+        for (i, (client, srv)) in first.iter_mut().enumerate() {
+            srv.send(item(100 + i as u32)).await.unwrap();
+            assert_eq!(
+                guard("recv", client.recv()).await.unwrap(),
+                item(100 + i as u32)
+            );
+        }
+        // A session that ends frees its place: the next client is accepted. The client
+        // closes after acknowledging what it received; the server's side ends when the
+        // grace period is over, with nothing unacknowledged.
+        let (client, mut srv) = first.pop().unwrap();
+        drop(client);
+        let end = guard("session end", srv.recv()).await.unwrap_err();
+        assert!(
+            matches!(end, StableError::SessionLost { unacked: 0 }),
+            "{end:?}"
+        );
+        drop(srv);
+        guard("registry frees the place", async {
+            while server.sessions() > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let fourth = StableClient::connect(ep, cfg, DriverConfig::default()).unwrap();
+        let mut srv = guard("accept", sessions.accept()).await.unwrap();
+        fourth.send(item(9)).await.unwrap();
+        assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(9));
+        assert_eq!(server.stats().sessions, 3);
+    });
+}

@@ -16,7 +16,8 @@
 //!   `Recipient` given at start. Undecodable items are reported as
 //!   [`SessionEvent::ItemUndecodable`] (and not delivered).
 //! * Events ([`StableEvent`] wrapping [`SessionEvent`]): `SessionUp`, `LinkLost { reason }`,
-//!   `Reconnecting { attempt, delay }`, `Resumed { replayed }`, `SessionLost { unacked }`.
+//!   `Reconnecting { attempt, delay }`, `Resumed { replayed }`, `SessionLost { unacked }`,
+//!   `Refused { unacked }` (the server is at its `max_sessions` limit).
 //!
 //! # Lifecycle
 //!
@@ -36,7 +37,10 @@
 //! Only the supervisor's rules: it is restarted as long as some `Addr` is alive. When the
 //! session is **lost** (server rejected the resume, reconnecting gave up, grace expired) it
 //! does not stop: it stays idle, answers every [`Outgoing`] with
-//! [`StableError::SessionLost`], and goes away when its last `Addr` is dropped.
+//! [`StableError::SessionLost`], and goes away when its last `Addr` is dropped. A client
+//! whose new session the server refused (it holds
+//! [`StableConfig::max_sessions`] already) does the same, answering
+//! [`StableError::Refused`]; it does not retry by itself.
 //!
 //! # Not guaranteed
 //!
@@ -277,12 +281,23 @@ impl<M: Item> StableSession<M> {
 
     /// The session is gone for good: fail waiting senders, drop the link, stay idle.
     fn lose(&mut self, ctx: &mut Context<Self>) {
+        let err = self.sess.mark_lost();
+        self.lose_with(err, ctx);
+    }
+
+    /// Like [`lose`](Self::lose), reporting `err` ([`StableError::SessionLost`] or
+    /// [`StableError::Refused`]) to waiting and later senders.
+    fn lose_with(&mut self, err: StableError, ctx: &mut Context<Self>) {
         if self.lost.is_some() {
             return;
         }
-        let err = self.sess.mark_lost();
-        if let StableError::SessionLost { unacked } = err {
-            self.emit(SessionEvent::SessionLost { unacked });
+        self.sess.mark_lost();
+        match err {
+            StableError::SessionLost { unacked } => {
+                self.emit(SessionEvent::SessionLost { unacked })
+            }
+            StableError::Refused { unacked } => self.emit(SessionEvent::Refused { unacked }),
+            _ => {}
         }
         for (_, reply) in self.waiting.drain(..) {
             let _ = reply.send(Err(err.clone()));
@@ -482,7 +497,9 @@ impl<M: Item> StableSession<M> {
                             });
                             act.install(pump, ctx);
                         }
-                        Err(StableError::SessionLost { .. }) => act.lose(ctx),
+                        Err(
+                            e @ (StableError::SessionLost { .. } | StableError::Refused { .. }),
+                        ) => act.lose_with(e, ctx),
                         Err(reason) => {
                             act.sess.link_lost();
                             if let Role::Client {

@@ -783,6 +783,12 @@ async fn run_link<T>(
                 }
             }
             if st.senders_gone && st.sess.unacked() == 0 && flushing.is_none() {
+                // Acknowledge what was received before closing (a delayed ack would be
+                // lost with the link): a time past the ack delay makes it due now.
+                if st.sess.received_unacked() > 0 {
+                    let later = now + st.sess.config().ack_delay;
+                    core.write_ready(&mut st, later);
+                }
                 return LinkEnd::Finished(st.tx.take());
             }
             // The ack timer runs only while nothing waits for the link: a deadline already
