@@ -7,7 +7,11 @@
 //!
 //! ```text
 //! cargo run --release --example stable_bench [items] [repeats]
+//! CT=1 cargo run --release --example stable_bench [items] [repeats]   # one thread
 //! ```
+//!
+//! By default the runtime has two worker threads; with `CT=1` it is a current-thread
+//! runtime, which measures the CPU cost per item without scheduling noise.
 //!
 //! Prints the median of the repeats and the median of the per-repeat ratios.
 
@@ -48,15 +52,6 @@ async fn bare(items: u32) -> Result<Duration, BoxError> {
 
 fn config() -> StableConfig {
     StableConfig {
-        ack_every: std::env::var("ACK_EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32),
-        replay_max_frames: std::env::var("WINDOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096),
-        replay_max_bytes: 1 << 30,
         reconnect: ReconnectPolicy {
             initial_delay: Duration::ZERO,
             max_delay: Duration::ZERO,
@@ -91,12 +86,8 @@ async fn stable(items: u32) -> Result<Duration, BoxError> {
     for _ in 0..items {
         client.send(payload.clone()).await?;
     }
-    let srv = recv.await??;
-    let el = t0.elapsed();
-    if std::env::var_os("STATS").is_some() {
-        eprintln!("client {:?}\nserver {:?}", client.stats(), srv.stats());
-    }
-    Ok(el)
+    let _srv = recv.await??;
+    Ok(t0.elapsed())
 }
 
 async fn kill_to_replay() -> Result<Duration, BoxError> {
@@ -171,12 +162,7 @@ async fn run() -> Result<(), BoxError> {
     let (mut bare_rates, mut stable_rates, mut ratios, mut kills) =
         (vec![], vec![], vec![], vec![]);
     for r in 0..repeats {
-        let only_stable = std::env::var_os("ONLY_STABLE").is_some();
-        let b = if only_stable {
-            1.0
-        } else {
-            items as f64 / bare(items).await?.as_secs_f64()
-        };
+        let b = items as f64 / bare(items).await?.as_secs_f64();
         let s = items as f64 / stable(items).await?.as_secs_f64();
         let k = kill_to_replay().await?.as_secs_f64() * 1e6;
         println!(
