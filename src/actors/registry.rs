@@ -97,7 +97,7 @@ impl<M: Item> StableRegistry<M> {
             let mut pump = spawn_pump(link);
             let deadline = tokio::time::Instant::now() + timeout;
             let first = match pump.incoming.as_mut() {
-                Some(rx) => tokio::time::timeout_at(deadline, rx.recv()).await,
+                Some(rx) => tokio::time::timeout_at(deadline, futures::StreamExt::next(rx)).await,
                 None => Ok(None),
             };
             let hello = match first {

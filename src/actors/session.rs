@@ -1,8 +1,9 @@
 //! [`StableSession<M>`]: one side of a stable session as a supervised actix actor.
 //!
 //! The actor owns the sans-IO [`Session`] (sequence numbers, replay buffer, resume key) in
-//! its fields. Its link lives in two small tokio tasks (the "pump"); frames reach the actor
-//! as a stream.
+//! its fields. The link's receiving half is a stream the actor polls itself (each message
+//! goes from the link straight to the actor, no task hop); its sending half lives in a small
+//! tokio writer task fed through a bounded channel (the "pump").
 //!
 //! # Messages
 //!
@@ -146,7 +147,7 @@ fn connector<S: LinkSource>(source: S) -> Connector {
                     .await
                     .map_err(|_| StableError::Link(LinkError::Closed))?;
                 let incoming = pump.incoming.as_mut().ok_or(StableError::Closed)?;
-                match incoming.recv().await {
+                match futures::StreamExt::next(incoming).await {
                     Some(Ok(reply)) => Ok((pump, reply)),
                     Some(Err(e)) => Err(e),
                     None => Err(StableError::Link(LinkError::Closed)),
@@ -345,11 +346,9 @@ impl<M: Item> StableSession<M> {
 
     fn install(&mut self, mut pump: Pump, ctx: &mut Context<Self>) {
         self.drop_link(ctx);
-        if let Some(rx) = pump.incoming.take() {
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            self.stream = Some(ctx.add_stream(stream));
+        if let Some(incoming) = pump.incoming.take() {
+            // The link's messages reach this actor straight from the link (no task hop).
+            self.stream = Some(ctx.add_stream(incoming));
         }
         self.pump = Some(pump);
         self.drain_waiting();

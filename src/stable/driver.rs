@@ -172,9 +172,9 @@ const BATCH: usize = 64;
 /// The receiving half of the current link as a stream: one boxed state machine per link, so
 /// a `recv` in progress survives the caller's future being dropped (nothing is lost) and
 /// whichever task holds the lock can poll it.
-type RxStream = Pin<Box<dyn Stream<Item = Result<Bytes, LinkError>> + Send>>;
+pub(crate) type RxStream = Pin<Box<dyn Stream<Item = Result<Bytes, LinkError>> + Send>>;
 
-fn rx_stream<R: LinkRx>(rx: R) -> RxStream {
+pub(crate) fn rx_stream<R: LinkRx>(rx: R) -> RxStream {
     // The half is boxed so that each step moves a pointer, not the whole receiver.
     Box::pin(futures::stream::unfold(Box::new(rx), |mut rx| async move {
         let r = match rx.recv().await {
