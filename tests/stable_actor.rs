@@ -519,14 +519,15 @@ async fn registry_rejects_bad_handshakes_with_clear_errors() {
     ));
 }
 
-/// A client of the registry, with its received items and events.
-fn actor_client(
-    ep: Endpoint,
-) -> (
+/// A client session, the items it received, and its events.
+type ActorClient = (
     Addr<StableSession<Msg>>,
     mpsc::UnboundedReceiver<Result<u32, String>>,
     mpsc::UnboundedReceiver<SessionEvent>,
-) {
+);
+
+/// A client of the registry, with its received items and events.
+fn actor_client(ep: Endpoint) -> ActorClient {
     let (rep_tx, received) = mpsc::unbounded_channel();
     let (ev_tx, events) = mpsc::unbounded_channel();
     let addr = StableSession::<Msg>::start_client(

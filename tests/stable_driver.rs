@@ -641,3 +641,65 @@ fn session_limit_refuses_new_sessions_with_a_clear_error() {
         assert_eq!(server.stats().sessions, 3);
     });
 }
+
+/// `send` and `recv` raced against a fast timer in `select!`: a dropped `recv` loses no item
+/// and a dropped `send` queues nothing (each item is retried until its `send` completes), so
+/// the peer still sees every item exactly once, in order — while the replay buffer is small
+/// enough that sends really wait.
+#[test]
+fn send_and_recv_are_cancel_safe_in_select() {
+    rt().block_on(async {
+        let cfg = StableConfig {
+            replay_max_frames: 8,
+            ack_every: 4,
+            ..config()
+        };
+        let (ep, _server, mut sessions) = tcp_server(cfg.clone()).await;
+        let source = FaultySource::new(ep, FaultPlan::new(9).kill_after_frames_between(300, 900));
+        let client = StableClient::connect(source, cfg, DriverConfig::default()).unwrap();
+        let srv = guard("accept", sessions.accept()).await.unwrap();
+        const M: u32 = 3000;
+        let (ctx, mut crx) = client.split();
+        let (stx, mut srx) = srv.split();
+        let (mut send_cancelled, mut recv_cancelled) = (0u32, 0u32);
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(50));
+            let mut cancelled = 0u32;
+            let mut i = 0;
+            while i < M {
+                tokio::select! {
+                    r = ctx.send(item(i)) => { r.unwrap(); i += 1; }
+                    _ = tick.tick() => cancelled += 1,
+                }
+            }
+            (ctx, cancelled)
+        });
+        // The server echoes nothing; it receives with a timer racing each recv.
+        guard("receive all", async {
+            let mut tick = tokio::time::interval(Duration::from_micros(50));
+            let mut i = 0;
+            while i < M {
+                tokio::select! {
+                    r = srx.recv() => {
+                        assert_eq!(r.unwrap(), item(i), "item {i}");
+                        i += 1;
+                    }
+                    _ = tick.tick() => recv_cancelled += 1,
+                }
+            }
+        })
+        .await;
+        let (ctx, cancelled) = guard("sender", sender).await.unwrap();
+        send_cancelled += cancelled;
+        assert_eq!(
+            ctx.stats().session.items_pushed,
+            M as u64,
+            "no cancelled send queued"
+        );
+        // Nothing extra arrives.
+        stx.send(Bytes::from_static(END)).await.unwrap();
+        assert_eq!(guard("end marker", crx.recv()).await.unwrap(), END);
+        eprintln!("cancelled: {send_cancelled} sends, {recv_cancelled} recvs");
+        assert!(recv_cancelled > 0, "the timer raced recv at least once");
+    });
+}

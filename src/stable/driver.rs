@@ -468,7 +468,7 @@ impl Core {
         if let Some(deadline) = st.sess.poll_timeout() {
             // A delayed ack: make sure the background task's timer fires by then. It is
             // woken only when its timer is later (or off), so about once per ack delay.
-            if st.timer.is_none_or(|t| t > deadline) {
+            if st.timer.map_or(true, |t| t > deadline) {
                 st.timer = Some(deadline);
                 self.wake_bg();
             }
