@@ -1,4 +1,6 @@
-//! The one atomics shim of the crate.
+//! The one atomics shim of the crate, and [`os_random`], the crate's one call into the OS
+//! random source (kept here because it needs `unsafe`, which the crate allows only in this
+//! file and in `src/shm/`).
 //!
 //! Every atomic used by the shared-memory ring and slab comes from here. In a normal build
 //! these are the `std` types; under `--cfg loom` they are loom's model-checked types, so the

@@ -69,9 +69,11 @@
 //!   dropped; a newer one (a gap) is [`StableError::Protocol`]. An ack of an item never
 //!   sent is a protocol error too.
 //! * Acks ride on data frames. A receiver with unacknowledged items and nothing to send
-//!   emits a standalone ack frame after [`StableConfig::ack_every`] items or
+//!   emits a standalone ack frame after [`StableConfig::ack_every`] items, once they fill a
+//!   quarter of the replay bounds ([`StableConfig::replay_max_frames`],
+//!   [`StableConfig::replay_max_bytes`]; both sides are assumed to use the same), or after
 //!   [`StableConfig::ack_delay`], whichever comes first, so one-way traffic drains the
-//!   sender's replay buffer.
+//!   sender's replay buffer without stalling it.
 //!
 //! # Replay buffer and backpressure
 //!
@@ -226,7 +228,10 @@ pub struct StableConfig {
     /// `replay_max_bytes`.
     pub max_item_len: usize,
     /// A standalone ack is sent once this many items arrived unacknowledged and there is no
-    /// outgoing data to carry the ack. Default 32; at least 1.
+    /// outgoing data to carry the ack. Default 32; at least 1. (One is also sent, whatever
+    /// this says, once the unacknowledged items reach a quarter of `replay_max_frames` or of
+    /// `replay_max_bytes`: with large items the sender's replay buffer would otherwise fill
+    /// up and wait for `ack_delay`.)
     pub ack_every: u32,
     /// A standalone ack is sent this long after the oldest unacknowledged arrival if none
     /// was sent otherwise. Default 5 ms.
