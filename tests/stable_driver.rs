@@ -703,3 +703,69 @@ fn send_and_recv_are_cancel_safe_in_select() {
         assert!(recv_cancelled > 0, "the timer raced recv at least once");
     });
 }
+
+/// The server resumes the session and re-keys it, but its hello dies with the link before
+/// the client sees it: the client only has the previous key, and resuming with it must still
+/// work (not end in `SessionLost`).
+#[test]
+fn resume_survives_a_lost_server_hello() {
+    use actix_tether::links::fault::{FaultHandle, FaultyLink};
+    use std::sync::atomic::AtomicU32;
+    type Faulty = FaultyLink<StreamLinkUnix>;
+    rt().block_on(async {
+        let (server, mut sessions) =
+            StableServer::<Faulty>::new(config(), DriverConfig::default()).unwrap();
+        let made = Arc::new(AtomicU32::new(0));
+        let first: Arc<std::sync::Mutex<Option<FaultHandle>>> = Arc::default();
+        let (made2, first2) = (made.clone(), first.clone());
+        let source = FnSource(move || {
+            let pair = StreamLink::unix_pair(Default::default());
+            let (server, made, first) = (server.clone(), made2.clone(), first2.clone());
+            async move {
+                let (a, b) = pair?;
+                let n = made.fetch_add(1, Ordering::SeqCst);
+                // Link 2 (the first resume): the server's side dies on its first frame, the
+                // hello, which is cut and never delivered.
+                let server_plan = if n == 1 {
+                    FaultPlan::new(3).kill_after_frames(1).cut_mid_frame()
+                } else {
+                    FaultPlan::new(3)
+                };
+                server.handle_link(FaultyLink::new(b, server_plan));
+                let client_half = FaultyLink::new(a, FaultPlan::new(4));
+                if n == 0 {
+                    *first.lock().unwrap() = Some(client_half.handle());
+                }
+                Ok(client_half)
+            }
+        });
+        let mut client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
+        let mut events = client.take_events().unwrap();
+        let mut srv = guard("accept", sessions.accept()).await.unwrap();
+        for i in 0..20 {
+            client.send(item(i)).await.unwrap();
+        }
+        for i in 0..20 {
+            assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(i));
+        }
+        first.lock().unwrap().take().unwrap().kill();
+        for i in 20..40 {
+            client.send(item(i)).await.unwrap();
+            srv.send(item(i)).await.unwrap();
+        }
+        for i in 20..40 {
+            assert_eq!(guard("recv after", srv.recv()).await.unwrap(), item(i));
+            assert_eq!(guard("client recv", client.recv()).await.unwrap(), item(i));
+        }
+        assert!(
+            made.load(Ordering::SeqCst) >= 3,
+            "the lost-hello link was used"
+        );
+        let mut lost = false;
+        while let Ok(ev) = events.try_recv() {
+            lost |= matches!(ev, SessionEvent::SessionLost { .. });
+        }
+        assert!(!lost, "the session survived");
+        assert_eq!(client.stats().session.resumes, 1, "one successful resume");
+    });
+}

@@ -12,8 +12,12 @@
 //!   constant time (no early exit, no hash of the secret), so timing does not reveal how
 //!   much of a guess was right; this costs O(sessions) per resume, which is fine for the
 //!   thousands of sessions a process holds. A match is **re-keyed** with the fresh key the
-//!   caller passes: the old key is dead, so every later resume works and a replayed old key
-//!   is rejected.
+//!   caller passes, so every later resume works and older keys are rejected. One exception
+//!   keeps a lost hello from losing the session: the key the client presented last stays
+//!   valid until it presents the newer one. If the server's hello carrying the new key dies
+//!   with its link (the client never saw it), the client resumes again with the key it
+//!   has, and that works (and re-keys again); once the client presents the newer key, the
+//!   one before is dead.
 //! * A session whose link was lost stays resumable for a grace period
 //!   ([`StableConfig::resume_grace`](super::StableConfig::resume_grace)); after that,
 //!   resumes are rejected and [`Registry::expire`] hands the entry back for disposal.
@@ -33,7 +37,11 @@ pub struct SessionId(pub u64);
 
 #[derive(Debug)]
 struct Entry<T> {
+    /// The newest key, sent in the last server hello.
     key: ResumeKey,
+    /// The key the client presented at the last resume: still accepted, in case the hello
+    /// carrying `key` never reached it.
+    confirmed: Option<ResumeKey>,
     value: T,
     /// When the session's last link was lost, if it has none now.
     unlinked_since: Option<Instant>,
@@ -117,6 +125,7 @@ impl<T> Registry<T> {
             id,
             Entry {
                 key,
+                confirmed: None,
                 value,
                 unlinked_since: None,
                 links_handed: 1,
@@ -136,18 +145,24 @@ impl<T> Registry<T> {
     ) -> Option<Resumed<'_, T>> {
         let mut found = None;
         for (id, entry) in &self.entries {
-            // Every key is compared, whatever the outcome, in constant time.
-            if entry.key.ct_eq(key) {
-                found = Some(*id);
+            // Every key is compared, whatever the outcome, in constant time (no `||`).
+            let newest = entry.key.ct_eq(key);
+            let confirmed = entry.confirmed.as_ref().is_some_and(|c| c.ct_eq(key));
+            if newest | confirmed {
+                found = Some((*id, newest));
             }
         }
-        let id = found?;
+        let (id, newest) = found?;
         if self.is_expired_at(id, now) {
             self.entries.remove(&id);
             return None;
         }
         let entry = self.entries.get_mut(&id)?;
-        entry.key = new_key.clone();
+        let presented = std::mem::replace(&mut entry.key, new_key.clone());
+        if newest {
+            // The client has the newest key: the one before is dead from now on.
+            entry.confirmed = Some(presented);
+        }
         entry.unlinked_since = None;
         entry.links_handed += 1;
         Some(Resumed {
@@ -241,14 +256,38 @@ mod tests {
         assert_eq!((res.id, *res.value, res.link_number), (id, "a", 2));
         let k1 = res.new_key;
         assert!(!k1.ct_eq(&k0));
-        assert!(r.resume(now, &k0, key()).is_none(), "old key is dead");
         let k2 = r.resume(now, &k1, key()).unwrap().new_key;
+        assert!(r.resume(now, &k0, key()).is_none(), "old key is dead");
         let k3 = r.resume(now, &k2, key()).unwrap().new_key;
         assert!(r.resume(now, &k3, key()).is_some(), "third resume in a row");
         assert_eq!(*r.resume(now, &other, key()).unwrap().value, "b");
         assert!(r
             .resume(now, &ResumeKey::from_bytes([0; 16]), key())
             .is_none());
+    }
+
+    #[test]
+    fn a_lost_server_hello_does_not_lose_the_session() {
+        let now = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(5), 16);
+        let k0 = key();
+        r.insert(now, k0.clone(), "a").unwrap();
+        // The hello carrying k1 never reaches the client: it resumes with k0 again.
+        let _k1 = r.resume(now, &k0, key()).unwrap().new_key;
+        let k2 = r.resume(now, &k0, key()).unwrap().new_key;
+        // The client got k2 this time; k0 is dead from now on (and k1 never was known).
+        let k3 = r.resume(now, &k2, key()).unwrap().new_key;
+        assert!(r.resume(now, &k0, key()).is_none());
+        assert!(r.resume(now, &_k1, key()).is_none());
+        // k2 stays valid until the client presents k3.
+        let k4 = r.resume(now, &k2, key()).unwrap().new_key;
+        assert!(
+            r.resume(now, &k3, key()).is_none(),
+            "k3 was superseded by k4"
+        );
+        let k5 = r.resume(now, &k4, key()).unwrap().new_key;
+        assert!(r.resume(now, &k2, key()).is_none());
+        assert!(r.resume(now, &k5, key()).is_some());
     }
 
     #[test]
