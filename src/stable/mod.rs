@@ -39,12 +39,15 @@
 //!   last server frame it received in order. The server looks the key up (constant-time
 //!   comparison). Unknown or expired → `rejected`, and the client reports
 //!   [`StableError::SessionLost`] with the number of its items never acknowledged — it never
-//!   silently starts a fresh session.
+//!   silently starts a fresh session. Known → the server **re-keys** the session, answers
+//!   with the new key and its own `last_received`, and both sides drop what the other has
+//!   acknowledged and replay the rest, in order, before any new item. Older keys are dead,
+//!   except the one the client just presented: it stays valid until the client presents the
+//!   new one, so a server hello lost with its link does not lose the session (the client
+//!   resumes again with the key it has).
 //! * **Refusal**: a server holding [`StableConfig::max_sessions`] sessions answers a new
 //!   session's hello with `rejected`; the client reports [`StableError::Refused`]. (A
-//!   `rejected` answer to a hello without a key can only mean that.) Known → the server **re-keys** the session (the old key
-//!   is dead), answers with the new key and its own `last_received`, and both sides drop
-//!   what the other has acknowledged and replay the rest, in order, before any new item.
+//!   `rejected` answer to a hello without a key can only mean that.)
 //!
 //! Anything else — wrong size, wrong magic, an unknown version, unknown flag bits — is a
 //! typed error and the link is closed. Each side gives up on a handshake after
