@@ -106,7 +106,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let chaos = tokio::spawn(async move {
         let mut rng = SplitMix64::new(7);
         loop {
-            let pause = 20 + rng.below_or_eq(80);
+            let pause = 5 + rng.below_or_eq(30);
             tokio::time::sleep(Duration::from_millis(pause)).await;
             if killer.kill() {
                 println!("chaos: killed the link");

@@ -7,7 +7,11 @@
 //!
 //! ```text
 //! cargo run --release --example stable_bench [items] [repeats]
+//! CT=1 cargo run --release --example stable_bench [items] [repeats]   # one thread
 //! ```
+//!
+//! By default the runtime has two worker threads; with `CT=1` it is a current-thread
+//! runtime, which measures the CPU cost per item without scheduling noise.
 //!
 //! Prints the median of the repeats and the median of the per-repeat ratios.
 
@@ -133,8 +137,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    let rt = if std::env::var_os("CT").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let items: u32 = args
         .next()

@@ -518,3 +518,74 @@ async fn registry_rejects_bad_handshakes_with_clear_errors() {
         Some(StableError::HandshakeTimeout)
     ));
 }
+
+/// A client session, the items it received, and its events.
+type ActorClient = (
+    Addr<StableSession<Msg>>,
+    mpsc::UnboundedReceiver<Result<u32, String>>,
+    mpsc::UnboundedReceiver<SessionEvent>,
+);
+
+/// A client of the registry, with its received items and events.
+fn actor_client(ep: Endpoint) -> ActorClient {
+    let (rep_tx, received) = mpsc::unbounded_channel();
+    let (ev_tx, events) = mpsc::unbounded_channel();
+    let addr = StableSession::<Msg>::start_client(
+        ep,
+        config(),
+        SessionOptions::default(),
+        Collector {
+            next: 0,
+            report: rep_tx,
+        }
+        .start()
+        .recipient(),
+        Some(Events(ev_tx).start().recipient()),
+    )
+    .unwrap();
+    (addr, received, events)
+}
+
+#[actix::test]
+async fn registry_refuses_sessions_beyond_its_limit() {
+    let cfg = StableConfig {
+        max_sessions: 1,
+        ..config()
+    };
+    let (ep, mut server) = start_server(cfg).await;
+    let (first, _first_received, _first_events) = actor_client(ep.clone());
+    first.send(Outgoing(msg(0))).await.unwrap().unwrap();
+    expect_in_order(&mut server.received, 1).await;
+    // The second session is refused: a terminal, distinct error and event.
+    let (second, _received, mut events) = actor_client(ep);
+    let refused = tokio::time::timeout(GUARD, async {
+        loop {
+            match events.recv().await.unwrap() {
+                SessionEvent::Refused { unacked } => break unacked,
+                SessionEvent::SessionUp => panic!("a session beyond the limit was created"),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("deadlock guard");
+    assert_eq!(refused, 0);
+    let r = second.send(Outgoing(msg(0))).await.unwrap();
+    assert!(
+        matches!(r, Err(StableError::Refused { unacked: 0 })),
+        "{r:?}"
+    );
+    let stats = server.registry.send(RegistryStats).await.unwrap();
+    assert_eq!(
+        (stats.sessions, stats.refused, stats.rejected),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    // The first session is unaffected.
+    first.send(Outgoing(msg(1))).await.unwrap().unwrap();
+    tokio::time::timeout(GUARD, server.received.recv())
+        .await
+        .expect("deadlock guard")
+        .unwrap()
+        .unwrap();
+}

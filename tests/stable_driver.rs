@@ -564,3 +564,208 @@ fn sequence_numbers_wrap_around() {
         assert!(c.session.resumes >= 2, "{c:?}");
     });
 }
+
+#[test]
+fn session_limit_refuses_new_sessions_with_a_clear_error() {
+    rt().block_on(async {
+        let cfg = StableConfig {
+            max_sessions: 2,
+            resume_grace: Duration::from_millis(300),
+            ..config()
+        };
+        let (ep, server, mut sessions) = tcp_server(cfg.clone()).await;
+        let mut first = Vec::new();
+        for i in 0..2u32 {
+            let client =
+                StableClient::connect(ep.clone(), cfg.clone(), DriverConfig::default()).unwrap();
+            let mut srv = guard("accept", sessions.accept()).await.unwrap();
+            client.send(item(i)).await.unwrap();
+            assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(i));
+            first.push((client, srv));
+        }
+        // A third session is refused: a distinct, terminal error on both calls, an event,
+        // and a counter on the server. The items it queued are reported as undelivered.
+        let mut third =
+            StableClient::connect(ep.clone(), cfg.clone(), DriverConfig::default()).unwrap();
+        let mut events = third.take_events().unwrap();
+        third.send(item(7)).await.unwrap();
+        let err = guard("refusal", third.recv()).await.unwrap_err();
+        assert!(
+            matches!(err, StableError::Refused { unacked: 1 }),
+            "{err:?}"
+        );
+        assert!(matches!(
+            third.send(item(8)).await,
+            Err(StableError::Refused { unacked: 1 })
+        ));
+        let mut seen = vec![];
+        while let Ok(ev) = events.try_recv() {
+            seen.push(ev);
+        }
+        assert!(
+            matches!(seen.last(), Some(SessionEvent::Refused { unacked: 1 })),
+            "{seen:?}"
+        );
+        let st = server.stats();
+        assert_eq!((st.sessions, st.refused, st.rejected), (2, 1, 0), "{st:?}");
+        assert_eq!(server.sessions(), 2);
+        // The sessions in place are unaffected.
+        for (i, (client, srv)) in first.iter_mut().enumerate() {
+            srv.send(item(100 + i as u32)).await.unwrap();
+            assert_eq!(
+                guard("recv", client.recv()).await.unwrap(),
+                item(100 + i as u32)
+            );
+        }
+        // A session that ends frees its place: the next client is accepted. The client
+        // closes after acknowledging what it received; the server's side ends when the
+        // grace period is over, with nothing unacknowledged.
+        let (client, mut srv) = first.pop().unwrap();
+        drop(client);
+        let end = guard("session end", srv.recv()).await.unwrap_err();
+        assert!(
+            matches!(end, StableError::SessionLost { unacked: 0 }),
+            "{end:?}"
+        );
+        drop(srv);
+        guard("registry frees the place", async {
+            while server.sessions() > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let fourth = StableClient::connect(ep, cfg, DriverConfig::default()).unwrap();
+        let mut srv = guard("accept", sessions.accept()).await.unwrap();
+        fourth.send(item(9)).await.unwrap();
+        assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(9));
+        assert_eq!(server.stats().sessions, 3);
+    });
+}
+
+/// `send` and `recv` raced against a fast timer in `select!`: a dropped `recv` loses no item
+/// and a dropped `send` queues nothing (each item is retried until its `send` completes), so
+/// the peer still sees every item exactly once, in order — while the replay buffer is small
+/// enough that sends really wait.
+#[test]
+fn send_and_recv_are_cancel_safe_in_select() {
+    rt().block_on(async {
+        let cfg = StableConfig {
+            replay_max_frames: 8,
+            ack_every: 4,
+            ..config()
+        };
+        let (ep, _server, mut sessions) = tcp_server(cfg.clone()).await;
+        let source = FaultySource::new(ep, FaultPlan::new(9).kill_after_frames_between(300, 900));
+        let client = StableClient::connect(source, cfg, DriverConfig::default()).unwrap();
+        let srv = guard("accept", sessions.accept()).await.unwrap();
+        const M: u32 = 3000;
+        let (ctx, mut crx) = client.split();
+        let (stx, mut srx) = srv.split();
+        let (mut send_cancelled, mut recv_cancelled) = (0u32, 0u32);
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(50));
+            let mut cancelled = 0u32;
+            let mut i = 0;
+            while i < M {
+                tokio::select! {
+                    r = ctx.send(item(i)) => { r.unwrap(); i += 1; }
+                    _ = tick.tick() => cancelled += 1,
+                }
+            }
+            (ctx, cancelled)
+        });
+        // The server echoes nothing; it receives with a timer racing each recv.
+        guard("receive all", async {
+            let mut tick = tokio::time::interval(Duration::from_micros(50));
+            let mut i = 0;
+            while i < M {
+                tokio::select! {
+                    r = srx.recv() => {
+                        assert_eq!(r.unwrap(), item(i), "item {i}");
+                        i += 1;
+                    }
+                    _ = tick.tick() => recv_cancelled += 1,
+                }
+            }
+        })
+        .await;
+        let (ctx, cancelled) = guard("sender", sender).await.unwrap();
+        send_cancelled += cancelled;
+        assert_eq!(
+            ctx.stats().session.items_pushed,
+            M as u64,
+            "no cancelled send queued"
+        );
+        // Nothing extra arrives.
+        stx.send(Bytes::from_static(END)).await.unwrap();
+        assert_eq!(guard("end marker", crx.recv()).await.unwrap(), END);
+        eprintln!("cancelled: {send_cancelled} sends, {recv_cancelled} recvs");
+        assert!(recv_cancelled > 0, "the timer raced recv at least once");
+    });
+}
+
+/// The server resumes the session and re-keys it, but its hello dies with the link before
+/// the client sees it: the client only has the previous key, and resuming with it must still
+/// work (not end in `SessionLost`).
+#[test]
+fn resume_survives_a_lost_server_hello() {
+    use actix_tether::links::fault::{FaultHandle, FaultyLink};
+    use std::sync::atomic::AtomicU32;
+    type Faulty = FaultyLink<StreamLinkUnix>;
+    rt().block_on(async {
+        let (server, mut sessions) =
+            StableServer::<Faulty>::new(config(), DriverConfig::default()).unwrap();
+        let made = Arc::new(AtomicU32::new(0));
+        let first: Arc<std::sync::Mutex<Option<FaultHandle>>> = Arc::default();
+        let (made2, first2) = (made.clone(), first.clone());
+        let source = FnSource(move || {
+            let pair = StreamLink::unix_pair(Default::default());
+            let (server, made, first) = (server.clone(), made2.clone(), first2.clone());
+            async move {
+                let (a, b) = pair?;
+                let n = made.fetch_add(1, Ordering::SeqCst);
+                // Link 2 (the first resume): the server's side dies on its first frame, the
+                // hello, which is cut and never delivered.
+                let server_plan = if n == 1 {
+                    FaultPlan::new(3).kill_after_frames(1).cut_mid_frame()
+                } else {
+                    FaultPlan::new(3)
+                };
+                server.handle_link(FaultyLink::new(b, server_plan));
+                let client_half = FaultyLink::new(a, FaultPlan::new(4));
+                if n == 0 {
+                    *first.lock().unwrap() = Some(client_half.handle());
+                }
+                Ok(client_half)
+            }
+        });
+        let mut client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
+        let mut events = client.take_events().unwrap();
+        let mut srv = guard("accept", sessions.accept()).await.unwrap();
+        for i in 0..20 {
+            client.send(item(i)).await.unwrap();
+        }
+        for i in 0..20 {
+            assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(i));
+        }
+        first.lock().unwrap().take().unwrap().kill();
+        for i in 20..40 {
+            client.send(item(i)).await.unwrap();
+            srv.send(item(i)).await.unwrap();
+        }
+        for i in 20..40 {
+            assert_eq!(guard("recv after", srv.recv()).await.unwrap(), item(i));
+            assert_eq!(guard("client recv", client.recv()).await.unwrap(), item(i));
+        }
+        assert!(
+            made.load(Ordering::SeqCst) >= 3,
+            "the lost-hello link was used"
+        );
+        let mut lost = false;
+        while let Ok(ev) = events.try_recv() {
+            lost |= matches!(ev, SessionEvent::SessionLost { .. });
+        }
+        assert!(!lost, "the session survived");
+        assert_eq!(client.stats().session.resumes, 1, "one successful resume");
+    });
+}

@@ -1,22 +1,32 @@
-//! The link pump used by the stable-session actors: two tokio tasks that move whole link
-//! messages between a [`Link`] and bounded channels, so the actors are not generic over the
-//! link type and never hold a link half across an `.await`.
+//! The link pump used by the stable-session actors: the link's receiving half becomes a
+//! stream the actor polls itself (no task, no channel per received message), and its sending
+//! half lives in a small tokio task fed through a bounded channel, so the actors are not
+//! generic over the link type and never hold a link half across an `.await`.
+
+use std::pin::Pin;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::links::{Link, LinkError, LinkRx, LinkTx, Permit, WriteSlot};
+use crate::links::{Link, LinkError, LinkTx, Permit, WriteSlot};
+use crate::stable::driver::rx_stream;
 use crate::stable::StableError;
 
-/// Messages buffered in each direction between an actor and its link.
+/// Messages buffered between an actor and its link's writer task.
 pub(crate) const PUMP_QUEUE: usize = 64;
 
-/// The actor's end of a link: frames to write, messages read (or the error that ended the
-/// link). Dropping it aborts both tasks, which drops the link (the peer sees it end).
+/// What the actor reads: every link message in order, or the error that ended the link
+/// (a read error, the peer's close, or a write error reported by the writer task). The
+/// stream never ends by itself; errors repeat.
+pub(crate) type Incoming = Pin<Box<dyn Stream<Item = Result<Bytes, StableError>> + Send>>;
+
+/// The actor's end of a link: frames to write, messages read. Dropping it aborts the
+/// writer task and drops the link (the peer sees it end).
 pub(crate) struct Pump {
     pub(crate) out: mpsc::Sender<Bytes>,
-    pub(crate) incoming: Option<mpsc::Receiver<Result<Bytes, StableError>>>,
+    pub(crate) incoming: Option<Incoming>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -35,12 +45,11 @@ impl Drop for Pump {
     }
 }
 
-/// Splits `link` and starts its two pump tasks on the current tokio runtime.
+/// Splits `link` and starts its writer task on the current tokio runtime.
 pub(crate) fn spawn_pump<L: Link>(link: L) -> Pump {
-    let (mut tx, mut rx) = link.split();
+    let (mut tx, rx) = link.split();
     let (out, mut out_rx) = mpsc::channel::<Bytes>(PUMP_QUEUE);
-    let (in_tx, incoming) = mpsc::channel(PUMP_QUEUE);
-    let err_tx = in_tx.clone();
+    let (err_tx, err_rx) = oneshot::channel::<StableError>();
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
             let result = async {
@@ -52,28 +61,20 @@ pub(crate) fn spawn_pump<L: Link>(link: L) -> Pump {
             }
             .await;
             if let Err(e) = result {
-                let _ = err_tx.send(Err(e.into())).await;
+                let _ = err_tx.send(e.into());
                 return;
             }
         }
         let _ = tx.close().await;
     });
-    let reader = tokio::spawn(async move {
-        loop {
-            let item = match rx.recv().await {
-                Ok(Some(msg)) => Ok(msg),
-                Ok(None) => Err(StableError::Link(LinkError::Closed)),
-                Err(e) => Err(e.into()),
-            };
-            let end = item.is_err();
-            if in_tx.send(item).await.is_err() || end {
-                return;
-            }
-        }
-    });
+    let reads = rx_stream(rx).map(|r| r.map_err(StableError::from));
+    // A write error, if the writer reports one (a writer that ends cleanly reports none).
+    let write_error = futures::stream::once(err_rx)
+        .filter_map(|r| std::future::ready(r.ok()))
+        .map(Err);
     Pump {
         out,
-        incoming: Some(incoming),
-        tasks: vec![writer.abort_handle(), reader.abort_handle()],
+        incoming: Some(Box::pin(futures::stream::select(reads, write_error))),
+        tasks: vec![writer.abort_handle()],
     }
 }

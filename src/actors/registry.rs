@@ -5,7 +5,7 @@
 //! # Messages
 //!
 //! * [`RegistryStats`] → [`ServerStats`]: counters (sessions, resumes, rejections,
-//!   handshake failures and the last handshake error).
+//!   refusals, handshake failures and the last handshake error).
 //! * Links arrive through [`StableRegistry::handle_link`] (any [`Link`]) or
 //!   [`StableRegistry::serve`] (an accept loop on an [`endpoint::Listener`]).
 //!
@@ -19,7 +19,10 @@
 //! Started like any actor (`StableRegistry::new(..)?.start()`). Handshakes run in their own
 //! tasks, each bounded by [`StableConfig::handshake_timeout`]; a bad one (garbage, wrong
 //! version, timeout) is counted and its link closed. Resumes are looked up by key in
-//! constant time and re-keyed; unknown or expired keys are answered `rejected`.
+//! constant time and re-keyed; unknown or expired keys are answered `rejected`. At most
+//! [`StableConfig::max_sessions`] sessions are registered: a new session beyond it is
+//! answered `rejected` too (the client's `StableSession` reports
+//! [`StableError::Refused`]) and counted in [`ServerStats::refused`].
 //!
 //! # What stops it / not guaranteed
 //!
@@ -44,7 +47,7 @@ use crate::links::{Link, LinkError};
 use crate::stable::driver::ServerStats;
 use crate::stable::registry::Registry;
 use crate::stable::wire::{ClientHello, ServerHello};
-use crate::stable::{Session, StableConfig, StableError};
+use crate::stable::{ResumeKey, Session, StableConfig, StableError};
 
 /// Where a new session's items and events go.
 pub struct SessionWiring<M: Item> {
@@ -74,7 +77,10 @@ impl<M: Item> StableRegistry<M> {
     ) -> Result<Self, StableError> {
         config.validate()?;
         Ok(StableRegistry {
-            registry: Arc::new(Mutex::new(Registry::new(config.resume_grace))),
+            registry: Arc::new(Mutex::new(Registry::new(
+                config.resume_grace,
+                config.max_sessions,
+            ))),
             config,
             options,
             on_session: Rc::new(RefCell::new(on_session)),
@@ -91,7 +97,7 @@ impl<M: Item> StableRegistry<M> {
             let mut pump = spawn_pump(link);
             let deadline = tokio::time::Instant::now() + timeout;
             let first = match pump.incoming.as_mut() {
-                Some(rx) => tokio::time::timeout_at(deadline, rx.recv()).await,
+                Some(rx) => tokio::time::timeout_at(deadline, futures::StreamExt::next(rx)).await,
                 None => Ok(None),
             };
             let hello = match first {
@@ -140,15 +146,24 @@ impl<M: Item> StableRegistry<M> {
 
     fn reject(&mut self, pump: Pump) {
         self.stats.rejected += 1;
-        let _ = pump
-            .out
-            .try_send(Bytes::copy_from_slice(&ServerHello::rejected().to_bytes()));
-        pump.close_gracefully();
+        answer_rejected(pump);
     }
 
     fn new_session(&mut self, pump: Pump) -> Result<(), StableError> {
         let sess = Session::server(self.config.clone())?;
-        let (id, key) = lock(&self.registry).insert(None)?;
+        // Drawn before the registry lock (shared with the session actors) is taken.
+        let key = ResumeKey::generate()?;
+        let inserted = lock(&self.registry).insert(Instant::now(), key.clone(), None);
+        let id = match inserted {
+            Ok(id) => id,
+            Err(StableError::TooManySessions { max }) => {
+                tracing::debug!(max, "stable registry: session limit reached, refusing");
+                self.stats.refused += 1;
+                answer_rejected(pump);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         pump.out
             .try_send(Bytes::copy_from_slice(
                 &ServerHello::accept_new(&key).to_bytes(),
@@ -175,6 +190,14 @@ impl<M: Item> StableRegistry<M> {
         self.stats.sessions += 1;
         Ok(())
     }
+}
+
+/// Answers `rejected` and closes the link once the answer is written.
+fn answer_rejected(pump: Pump) {
+    let _ = pump
+        .out
+        .try_send(Bytes::copy_from_slice(&ServerHello::rejected().to_bytes()));
+    pump.close_gracefully();
 }
 
 impl<M: Item> Actor for StableRegistry<M> {
@@ -218,14 +241,18 @@ impl<M: Item> Handler<Hello> for StableRegistry<M> {
             }
             return;
         };
-        let routed = match lock(&self.registry).resume(Instant::now(), &key) {
-            Ok(Some(r)) => r.value.clone().map(|addr| (addr, r.new_key, r.link_number)),
-            Ok(None) => None,
+        // Drawn before the registry lock (shared with the session actors) is taken.
+        let new_key = match ResumeKey::generate() {
+            Ok(k) => k,
             Err(e) => {
+                self.stats.handshake_failures += 1;
                 self.stats.last_handshake_error = Some(e);
-                None
+                return drop(pump);
             }
         };
+        let routed = lock(&self.registry)
+            .resume(Instant::now(), &key, new_key)
+            .and_then(|r| r.value.clone().map(|addr| (addr, r.new_key, r.link_number)));
         match routed {
             Some((addr, new_key, link_number)) if addr.connected() => {
                 self.stats.resumes += 1;

@@ -1,8 +1,9 @@
 //! [`StableSession<M>`]: one side of a stable session as a supervised actix actor.
 //!
 //! The actor owns the sans-IO [`Session`] (sequence numbers, replay buffer, resume key) in
-//! its fields. Its link lives in two small tokio tasks (the "pump"); frames reach the actor
-//! as a stream.
+//! its fields. The link's receiving half is a stream the actor polls itself (each message
+//! goes from the link straight to the actor, no task hop); its sending half lives in a small
+//! tokio writer task fed through a bounded channel (the "pump").
 //!
 //! # Messages
 //!
@@ -16,7 +17,8 @@
 //!   `Recipient` given at start. Undecodable items are reported as
 //!   [`SessionEvent::ItemUndecodable`] (and not delivered).
 //! * Events ([`StableEvent`] wrapping [`SessionEvent`]): `SessionUp`, `LinkLost { reason }`,
-//!   `Reconnecting { attempt, delay }`, `Resumed { replayed }`, `SessionLost { unacked }`.
+//!   `Reconnecting { attempt, delay }`, `Resumed { replayed }`, `SessionLost { unacked }`,
+//!   `Refused { unacked }` (the server is at its `max_sessions` limit).
 //!
 //! # Lifecycle
 //!
@@ -36,7 +38,10 @@
 //! Only the supervisor's rules: it is restarted as long as some `Addr` is alive. When the
 //! session is **lost** (server rejected the resume, reconnecting gave up, grace expired) it
 //! does not stop: it stays idle, answers every [`Outgoing`] with
-//! [`StableError::SessionLost`], and goes away when its last `Addr` is dropped.
+//! [`StableError::SessionLost`], and goes away when its last `Addr` is dropped. A client
+//! whose new session the server refused (it holds
+//! [`StableConfig::max_sessions`] already) does the same, answering
+//! [`StableError::Refused`]; it does not retry by itself.
 //!
 //! # Not guaranteed
 //!
@@ -142,7 +147,7 @@ fn connector<S: LinkSource>(source: S) -> Connector {
                     .await
                     .map_err(|_| StableError::Link(LinkError::Closed))?;
                 let incoming = pump.incoming.as_mut().ok_or(StableError::Closed)?;
-                match incoming.recv().await {
+                match futures::StreamExt::next(incoming).await {
                     Some(Ok(reply)) => Ok((pump, reply)),
                     Some(Err(e)) => Err(e),
                     None => Err(StableError::Link(LinkError::Closed)),
@@ -277,12 +282,23 @@ impl<M: Item> StableSession<M> {
 
     /// The session is gone for good: fail waiting senders, drop the link, stay idle.
     fn lose(&mut self, ctx: &mut Context<Self>) {
+        let err = self.sess.mark_lost();
+        self.lose_with(err, ctx);
+    }
+
+    /// Like [`lose`](Self::lose), reporting `err` ([`StableError::SessionLost`] or
+    /// [`StableError::Refused`]) to waiting and later senders.
+    fn lose_with(&mut self, err: StableError, ctx: &mut Context<Self>) {
         if self.lost.is_some() {
             return;
         }
-        let err = self.sess.mark_lost();
-        if let StableError::SessionLost { unacked } = err {
-            self.emit(SessionEvent::SessionLost { unacked });
+        self.sess.mark_lost();
+        match err {
+            StableError::SessionLost { unacked } => {
+                self.emit(SessionEvent::SessionLost { unacked })
+            }
+            StableError::Refused { unacked } => self.emit(SessionEvent::Refused { unacked }),
+            _ => {}
         }
         for (_, reply) in self.waiting.drain(..) {
             let _ = reply.send(Err(err.clone()));
@@ -330,11 +346,9 @@ impl<M: Item> StableSession<M> {
 
     fn install(&mut self, mut pump: Pump, ctx: &mut Context<Self>) {
         self.drop_link(ctx);
-        if let Some(rx) = pump.incoming.take() {
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            self.stream = Some(ctx.add_stream(stream));
+        if let Some(incoming) = pump.incoming.take() {
+            // The link's messages reach this actor straight from the link (no task hop).
+            self.stream = Some(ctx.add_stream(incoming));
         }
         self.pump = Some(pump);
         self.drain_waiting();
@@ -482,7 +496,9 @@ impl<M: Item> StableSession<M> {
                             });
                             act.install(pump, ctx);
                         }
-                        Err(StableError::SessionLost { .. }) => act.lose(ctx),
+                        Err(
+                            e @ (StableError::SessionLost { .. } | StableError::Refused { .. }),
+                        ) => act.lose_with(e, ctx),
                         Err(reason) => {
                             act.sess.link_lost();
                             if let Role::Client {

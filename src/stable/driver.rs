@@ -2,25 +2,52 @@
 //! side, [`StableServer`] on the other, and a [`StableConn`] per session on both, with
 //! `send` and `recv` of byte items.
 //!
-//! Each session runs in one tokio task that owns the [`Session`] state machine and the
-//! current link. The application talks to it through bounded channels:
+//! # Design: the application's calls drive the session
+//!
+//! The [`Session`] state machine and the current link's sending half sit behind one short
+//! lock shared by the application's handles and a small background task; the link's
+//! receiving half sits behind a second lock. There is **no channel and no task hop per item**:
 //!
 //! ```text
-//!  app ──send──► [queue: DriverConfig::app_queue items]
-//!        ──► staged item ──can_accept?──► replay buffer ──► link
-//!  app ◄──recv── [queue: DriverConfig::app_queue items] ◄── link
+//!  send(item) ──lock──► Session::push ──► poll_transmit ──► link permit (now_or_never) ──► peer
+//!                         └ replay full: wait for acks (Notify)   └ link full: hand over to the task
+//!  recv() ──lock rx──► link.recv (poll) ──lock──► Session::handle_frame ──► item to the caller
+//!                                                   └ ack due: written on the link right here
+//!  background task: connect / handshake / resume (client), relinks and grace (server),
+//!                   delayed acks, waiting for link room, reading the link while the
+//!                   application is not inside recv (acks, failure detection)
 //! ```
 //!
-//! * `send` waits while the queue is full; the task takes an item from the queue only when
-//!   the replay buffer can hold it. So while the link is down, or the peer does not ack,
-//!   the application is **backpressured**; nothing is dropped. Memory is bounded by the
-//!   replay bound plus `app_queue + 1` items.
-//! * `recv` yields items exactly once, in order. When the application does not read, the
-//!   task stops reading the link (the link's own backpressure takes over).
+//! * **`send`** pushes the item into the replay buffer and, when the link takes it without
+//!   waiting, writes the frame into a link permit from the caller's own task. When the
+//!   replay buffer is full (the peer has not acknowledged enough, or the link is down) `send`
+//!   waits: **backpressure, never a drop**. Memory is bounded by the replay bound. When the
+//!   link itself is full, the background task takes the link's sending half, waits for room
+//!   and writes everything pending; `send` has already returned by then (the item is in the
+//!   replay buffer and will be delivered exactly once unless the session is lost).
+//! * **`recv`** polls the link from the caller's task and feeds each message to the state
+//!   machine; a data item is returned at once, an ack frees replay room and wakes waiting
+//!   senders, and a standalone ack that became due (after
+//!   [`StableConfig::ack_every`](super::StableConfig::ack_every) items) is written
+//!   right away. While the application is **not** inside `recv`, the background task reads
+//!   the link instead (so one-way senders still see acks, and a dead link is noticed), and
+//!   holds the items it reads for the next `recv`, at most [`DriverConfig::app_queue`] of
+//!   them; beyond that it stops reading and the link's own backpressure takes over. The
+//!   background task never reads while the application is parked in `recv`, so in steady
+//!   traffic each message wakes exactly one task: the application's.
+//! * Both are **cancel-safe**: `send` has no await after the item enters the replay buffer
+//!   (a `send` dropped while waiting for room queued nothing), and `recv` hands over every
+//!   message it takes from the link within the same poll (a dropped `recv` loses nothing; the
+//!   background task takes over reading).
+//! * The background task wakes only for what the application cannot do: the delayed-ack
+//!   timer (one long-lived `Sleep`, re-armed only when the deadline moves), link room, link
+//!   failure, reconnects and resumes.
 //! * The client reconnects by itself through its [`LinkSource`], pacing attempts with the
 //!   [`ReconnectPolicy`](super::ReconnectPolicy), resumes and replays. When the server
 //!   rejects the resume (it restarted, or the grace period expired) or the policy gives up,
-//!   `send` and `recv` fail with [`StableError::SessionLost`].
+//!   `send` and `recv` fail with [`StableError::SessionLost`]. When the server refuses a new
+//!   session (it holds [`StableConfig::max_sessions`](super::StableConfig::max_sessions)
+//!   already) they fail with [`StableError::Refused`].
 //! * The server hands each new session out through [`StableServerSessions::accept`]; links that
 //!   resume a session are routed to that session's task (the newest link wins; a link it
 //!   superseded is dropped).
@@ -33,19 +60,25 @@
 //!
 //! Events ([`SessionEvent`]) are diagnostics, delivered best-effort through a bounded
 //! channel (dropped when the application does not read them); the counters of
-//! [`StableConn::stats`] are exact, as of the session task's latest step.
+//! [`StableConn::stats`] are exact and current.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
+use futures::{FutureExt, Stream};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant as TokioInstant;
 
 use super::backoff::SplitMix64;
 use super::registry::{Registry, SessionId};
-use super::session::{Accepting, HandshakeOutcome, Received, Session, SessionStats};
+use super::session::{Accepting, HandshakeOutcome, Session, SessionStats};
 use super::wire::{ClientHello, ServerHello};
 use super::{ResumeKey, StableConfig, StableError};
 use crate::links::{send_bytes, Link, LinkError, LinkRx, LinkSource, LinkTx, Permit, WriteSlot};
@@ -82,6 +115,13 @@ pub enum SessionEvent {
         /// Items never acknowledged.
         unacked: usize,
     },
+    /// Client: the server refused to create the session (it is at its
+    /// [`StableConfig::max_sessions`](super::StableConfig::max_sessions) limit); `unacked`
+    /// items sent before were never delivered.
+    Refused {
+        /// Items never delivered.
+        unacked: usize,
+    },
     /// An item arrived (and was acknowledged) but could not be decoded into the
     /// application's type; it was not delivered. (Typed sessions only.)
     ItemUndecodable {
@@ -93,8 +133,10 @@ pub enum SessionEvent {
 /// Configuration of the driver (in addition to the [`StableConfig`]).
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
-    /// Items buffered between the application and the session task in each direction.
-    /// Default 64; at least 1.
+    /// Most received items held for the application while it is not inside `recv` (the
+    /// background task reads the link then, for acks and failure detection); beyond it the
+    /// link is not read until the application catches up. Also the capacity of the server's
+    /// queue of new sessions not yet accepted. Default 64; at least 1.
     pub app_queue: usize,
     /// Capacity of the events channel; events beyond it are dropped. Default 256.
     pub event_queue: usize,
@@ -122,81 +164,770 @@ pub struct DriverStats {
     pub reconnect_attempts: u64,
 }
 
-struct Shared {
-    stats: Mutex<DriverStats>,
-    /// Why the session ended, once it did.
-    end: Mutex<Option<StableError>>,
+// ---- the shared core ------------------------------------------------------------------
+
+/// Most link messages one poll handles before yielding (fairness with other tasks).
+const BATCH: usize = 64;
+
+/// The receiving half of the current link as a stream: one boxed state machine per link, so
+/// a `recv` in progress survives the caller's future being dropped (nothing is lost) and
+/// whichever task holds the lock can poll it.
+pub(crate) type RxStream = Pin<Box<dyn Stream<Item = Result<Bytes, LinkError>> + Send>>;
+
+pub(crate) fn rx_stream<R: LinkRx>(rx: R) -> RxStream {
+    // The half is boxed so that each step moves a pointer, not the whole receiver.
+    Box::pin(futures::stream::unfold(Box::new(rx), |mut rx| async move {
+        let r = match rx.recv().await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(LinkError::Closed),
+            Err(e) => Err(e),
+        };
+        Some((r, rx))
+    }))
 }
 
-impl Shared {
-    fn new() -> Arc<Shared> {
-        Arc::new(Shared {
-            stats: Mutex::new(DriverStats::default()),
-            end: Mutex::new(None),
+/// The sending half of the current link, type-erased so the application's handles are not
+/// generic over the link.
+trait DynTx: Send {
+    /// Writes every frame the session has ready, as long as the link takes them without
+    /// waiting. `Ok(true)`: nothing is left; `Ok(false)`: the link is full.
+    fn write_ready(
+        &mut self,
+        sess: &mut Session,
+        now: std::time::Instant,
+    ) -> Result<bool, LinkError>;
+
+    /// Waits for link room and writes what is ready until nothing is left, then puts itself
+    /// back into the core (if link `gen` is still the current one). Used by the background
+    /// task when the link is full.
+    fn flush_wait(
+        self: Box<Self>,
+        core: Arc<Core>,
+        gen: u64,
+    ) -> BoxFuture<'static, Result<(), LinkError>>;
+
+    /// Flushes and closes the sending direction.
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), LinkError>>;
+}
+
+struct TxHalf<T>(T);
+
+fn write_frame<P: Permit>(
+    permit: P,
+    sess: &mut Session,
+    now: std::time::Instant,
+) -> Result<(), LinkError> {
+    if let Some(t) = sess.poll_transmit(now) {
+        let mut slot = permit.alloc(t.len())?;
+        t.write_to(slot.as_mut_slice());
+        slot.commit();
+    }
+    Ok(())
+}
+
+impl<T: LinkTx> DynTx for TxHalf<T> {
+    fn write_ready(
+        &mut self,
+        sess: &mut Session,
+        now: std::time::Instant,
+    ) -> Result<bool, LinkError> {
+        while sess.has_transmit(now) {
+            match self.0.reserve().now_or_never() {
+                Some(Ok(permit)) => write_frame(permit, sess, now)?,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    fn flush_wait(
+        self: Box<Self>,
+        core: Arc<Core>,
+        gen: u64,
+    ) -> BoxFuture<'static, Result<(), LinkError>> {
+        Box::pin(async move {
+            let mut me = self;
+            loop {
+                let permit = me.0.reserve().await?;
+                let mut st = core.st();
+                if st.gen != gen || !st.link_up {
+                    // The link was replaced or failed meanwhile: this half is dropped.
+                    return Ok(());
+                }
+                let now = now();
+                st.clock = now;
+                write_frame(permit, &mut st.sess, now)?;
+                if me.write_ready(&mut st.sess, now)? {
+                    // Put back under the same lock that saw nothing left: a sender that
+                    // pushes after this finds the half in place and writes itself.
+                    st.tx = Some(me);
+                    return Ok(());
+                }
+            }
         })
     }
-    fn stats(&self) -> std::sync::MutexGuard<'_, DriverStats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn end_error(&self) -> StableError {
-        self.end
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or(StableError::Closed)
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), LinkError>> {
+        Box::pin(self.0.close())
     }
 }
+
+/// Everything about one session, behind one short lock: the state machine, the link's two
+/// halves, the items read for the application, and the bookkeeping around them.
+///
+/// One lock, not two: polling the receiving half under it is fine because a poll never
+/// blocks (at worst it makes one non-blocking `recv` system call per read buffer, about
+/// every thousand small messages), and it saves a lock round trip per received item.
+struct State {
+    sess: Session,
+    /// The current link's sending half; `None` while no link is up, or while the background
+    /// task holds it waiting for room.
+    tx: Option<Box<dyn DynTx>>,
+    /// The current link's receiving half, tagged with its generation.
+    stream: Option<(u64, RxStream)>,
+    /// Generation of the current (or last) link.
+    gen: u64,
+    link_up: bool,
+    /// Why the current link failed (for the `LinkLost` event).
+    failure: Option<StableError>,
+    /// The background task was asked to wait for link room.
+    flush_requested: bool,
+    /// Some `send` waits for replay room.
+    senders_blocked: bool,
+    /// The sending half was dropped: end once everything is acknowledged.
+    senders_gone: bool,
+    /// Items the background task read while the application was not inside `recv`.
+    stash: VecDeque<Bytes>,
+    /// The application is parked inside `recv` (its waker is registered with the link):
+    /// the background task leaves the link alone.
+    app_reading: bool,
+    /// The background task wanted to read but left it to the application: wake it when the
+    /// application leaves `recv`.
+    bg_wants: bool,
+    /// The receiving handle was dropped: items are acknowledged and discarded.
+    receiver_gone: bool,
+    /// The background task will look at the session again by then (`None`: it will not
+    /// unless woken).
+    timer: Option<std::time::Instant>,
+    /// Why the session ended, once it did.
+    end: Option<StableError>,
+    /// The latest clock reading. The per-item paths use it instead of reading the clock
+    /// (which costs as much as the rest of a send): it only decides whether a delayed ack
+    /// is due by *time*, and a reading that is a little old only makes that decision late,
+    /// never early; the background task's timer, which reads the clock, sends it on time.
+    clock: std::time::Instant,
+    stats: DriverStats,
+}
+
+struct Core {
+    st: Mutex<State>,
+    /// The application's `recv`, parked.
+    app_waker: AtomicWaker,
+    /// Wakes the background task (a stored permit: no wake-up is lost).
+    bg: Notify,
+    /// Wakes senders waiting for replay room.
+    room: Notify,
+    events: mpsc::Sender<SessionEvent>,
+    stash_cap: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What one poll of the receiving half produced.
+enum Polled {
+    /// An item for the application.
+    Item(Bytes),
+    /// A message with nothing for the application (an ack, a duplicate).
+    Other,
+    /// The link failed (already recorded).
+    Failed,
+    /// Nothing now; the caller's waker is registered.
+    Pending,
+    /// No current link to read.
+    NoLink,
+}
+
+impl Core {
+    fn new(sess: Session, driver: &DriverConfig) -> (Arc<Core>, mpsc::Receiver<SessionEvent>) {
+        let (events, ev_rx) = mpsc::channel(driver.event_queue.max(1));
+        let core = Arc::new(Core {
+            st: Mutex::new(State {
+                sess,
+                tx: None,
+                stream: None,
+                gen: 0,
+                link_up: false,
+                failure: None,
+                flush_requested: false,
+                senders_blocked: false,
+                senders_gone: false,
+                stash: VecDeque::new(),
+                app_reading: false,
+                bg_wants: false,
+                receiver_gone: false,
+                timer: None,
+                end: None,
+                clock: now(),
+                stats: DriverStats::default(),
+            }),
+            app_waker: AtomicWaker::new(),
+            bg: Notify::new(),
+            room: Notify::new(),
+            events,
+            stash_cap: driver.app_queue.max(1),
+        });
+        (core, ev_rx)
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        lock(&self.st)
+    }
+
+    fn emit(&self, ev: SessionEvent) {
+        tracing::debug!(?ev, "stable session event");
+        let _ = self.events.try_send(ev);
+    }
+
+    fn wake_bg(&self) {
+        self.bg.notify_one();
+    }
+
+    fn stats(&self) -> DriverStats {
+        let st = self.st();
+        let mut stats = st.stats.clone();
+        stats.session = st.sess.stats().clone();
+        stats
+    }
+
+    /// Writes what is ready on the link, if the link takes it now; otherwise asks the
+    /// background task to wait for room.
+    fn write_ready(&self, st: &mut State, now: std::time::Instant) {
+        let State { tx, sess, .. } = st;
+        let Some(tx) = tx.as_mut() else { return };
+        match tx.write_ready(sess, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                if !st.flush_requested {
+                    st.flush_requested = true;
+                    self.wake_bg();
+                }
+            }
+            Err(e) => {
+                let gen = st.gen;
+                self.fail_link(st, gen, e.into());
+            }
+        }
+    }
+
+    /// Replay room was freed (acks arrived).
+    ///
+    /// Blocked senders are woken only once the replay buffer is down to half its bounds (or
+    /// empty), not at every ack: acks come every [`StableConfig::ack_every`] items, and
+    /// waking the sender for so few would make it write — and the link flush — in batches
+    /// that small (silly window syndrome). Senders re-check the room themselves, so this
+    /// only decides how early they try; the buffer always drains to empty once the peer
+    /// has acknowledged everything, so a blocked sender is always woken.
+    ///
+    /// [`StableConfig::ack_every`]: super::StableConfig::ack_every
+    fn room_freed(&self, st: &mut State) {
+        if st.senders_blocked {
+            let config = st.sess.config();
+            let low = st.sess.unacked() == 0
+                || (st.sess.unacked() <= config.replay_max_frames / 2
+                    && st.sess.unacked_bytes() <= config.replay_max_bytes / 2);
+            if low {
+                st.senders_blocked = false;
+                self.room.notify_waiters();
+            }
+        }
+        if st.senders_gone && st.sess.unacked() == 0 {
+            self.wake_bg();
+        }
+    }
+
+    /// Feeds one link message to the session. Returns an item for the application, if the
+    /// message carried one.
+    fn on_message(&self, st: &mut State, msg: Bytes) -> Result<Option<Bytes>, StableError> {
+        // The clock matters only to start the ack delay at the first unacknowledged item.
+        if st.sess.received_unacked() == 0 {
+            st.clock = now();
+        }
+        let now = st.clock;
+        let unacked = st.sess.unacked();
+        let received = st.sess.handle_frame(now, msg)?;
+        if st.sess.unacked() < unacked {
+            self.room_freed(st);
+        }
+        if st.sess.has_transmit(now) {
+            // A standalone ack is due (or frames wait): write it from this task.
+            self.write_ready(st, now);
+        }
+        if let Some(deadline) = st.sess.poll_timeout() {
+            // A delayed ack: make sure the background task's timer fires by then. It is
+            // woken only when its timer is later (or off), so about once per ack delay.
+            if st.timer.map_or(true, |t| t > deadline) {
+                st.timer = Some(deadline);
+                self.wake_bg();
+            }
+        }
+        Ok(match received {
+            super::session::Received::Item(item) => Some(item),
+            _ => None,
+        })
+    }
+
+    /// Polls the current link's receiving half once and feeds what arrives to the session.
+    fn poll_link(&self, st: &mut State, cx: &mut Context<'_>) -> Polled {
+        // Taken out for the poll (the session is borrowed mutably meanwhile), put back
+        // unless the link failed.
+        let Some((gen, mut stream)) = st.stream.take() else {
+            return Polled::NoLink;
+        };
+        if gen != st.gen || !st.link_up {
+            return Polled::NoLink;
+        }
+        match stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(msg))) => {
+                st.stream = Some((gen, stream));
+                match self.on_message(st, msg) {
+                    Ok(Some(item)) => Polled::Item(item),
+                    Ok(None) => Polled::Other,
+                    Err(e) => {
+                        self.fail_link(st, gen, e);
+                        Polled::Failed
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.fail_link(st, gen, e.into());
+                Polled::Failed
+            }
+            Poll::Ready(None) => {
+                self.fail_link(st, gen, LinkError::Closed.into());
+                Polled::Failed
+            }
+            Poll::Pending => {
+                st.stream = Some((gen, stream));
+                Polled::Pending
+            }
+        }
+    }
+
+    /// Link `gen` failed. Returns whether it was the current link.
+    fn fail_link(&self, st: &mut State, gen: u64, reason: StableError) -> bool {
+        if st.gen != gen || !st.link_up {
+            return false;
+        }
+        st.link_up = false;
+        st.tx = None;
+        st.stream = None;
+        st.sess.link_lost();
+        st.failure = Some(reason);
+        st.flush_requested = false;
+        st.stats.link_losses += 1;
+        self.wake_bg();
+        self.app_waker.wake();
+        true
+    }
+
+    /// A handshake completed: the link becomes the session's current link, and everything
+    /// unacknowledged is replayed on it. `None` if the session ended meanwhile.
+    fn install(&self, tx: Box<dyn DynTx>, stream: RxStream) -> Option<u64> {
+        let mut st = self.st();
+        if st.end.is_some() {
+            return None;
+        }
+        st.gen += 1;
+        let gen = st.gen;
+        st.tx = Some(tx);
+        st.stream = Some((gen, stream));
+        st.link_up = true;
+        st.failure = None;
+        st.flush_requested = false;
+        st.stats.links += 1;
+        // The handshake dropped what the peer had acknowledged: senders waiting for room
+        // may go on (nothing else would tell them when nothing is left to replay).
+        self.room_freed(&mut st);
+        st.clock = now();
+        let clock = st.clock;
+        self.write_ready(&mut st, clock);
+        drop(st);
+        self.app_waker.wake();
+        Some(gen)
+    }
+
+    /// The session is over: `send` fails with `err`, `recv` after the held items.
+    fn end(&self, err: StableError) {
+        let mut st = self.st();
+        if st.end.is_some() {
+            return;
+        }
+        match err {
+            StableError::SessionLost { unacked } => {
+                self.emit(SessionEvent::SessionLost { unacked })
+            }
+            StableError::Refused { unacked } => self.emit(SessionEvent::Refused { unacked }),
+            _ => {}
+        }
+        st.end = Some(err);
+        st.tx = None;
+        st.stream = None;
+        st.link_up = false;
+        drop(st);
+        self.app_waker.wake();
+        self.room.notify_waiters();
+    }
+
+    /// Declares the session lost and ends it.
+    fn lose(&self) {
+        let err = self.st().sess.mark_lost();
+        self.end(err);
+    }
+
+    // ---- the application's calls --------------------------------------------------
+
+    /// One step of `send`: `Ok(None)` when the item was taken; `Ok(Some(item))` when it
+    /// must wait for replay room.
+    fn try_send(&self, item: Bytes) -> Result<Option<Bytes>, StableError> {
+        let mut st = self.st();
+        if let Some(e) = &st.end {
+            return Err(e.clone());
+        }
+        st.sess.check_item_len(item.len())?;
+        if !st.sess.can_accept(item.len()) {
+            return Ok(Some(item));
+        }
+        st.sess.push(item)?;
+        if st.tx.is_some() {
+            let clock = st.clock;
+            self.write_ready(&mut st, clock);
+        }
+        Ok(None)
+    }
+
+    /// `send` when the replay buffer is full: wait for room.
+    async fn send_slow(&self, mut item: Bytes) -> Result<(), StableError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.st();
+                if st.end.is_some() || st.sess.can_accept(item.len()) {
+                    drop(st);
+                    item = match self.try_send(item)? {
+                        None => return Ok(()),
+                        Some(item) => item,
+                    };
+                    continue;
+                }
+                st.senders_blocked = true;
+            }
+            // Someone must read the peer's acks: the background task does when the
+            // application is not inside `recv`.
+            self.wake_bg();
+            room.await;
+            item = match self.try_send(item)? {
+                None => return Ok(()),
+                Some(item) => item,
+            };
+        }
+    }
+
+    /// The application leaves `recv` (with an item, an error, or by dropping the future).
+    fn leave_recv(&self, st: &mut State, parked: &mut bool) {
+        if *parked {
+            st.app_reading = false;
+            *parked = false;
+        }
+        if st.bg_wants {
+            st.bg_wants = false;
+            self.wake_bg();
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        parked: &mut bool,
+    ) -> Poll<Result<Bytes, StableError>> {
+        let mut guard = self.st();
+        let st = &mut *guard;
+        if let Some(item) = st.stash.pop_front() {
+            self.leave_recv(st, parked);
+            return Poll::Ready(Ok(item));
+        }
+        for _ in 0..BATCH {
+            match self.poll_link(st, cx) {
+                Polled::Item(item) => {
+                    self.leave_recv(st, parked);
+                    return Poll::Ready(Ok(item));
+                }
+                Polled::Other | Polled::Failed => {}
+                Polled::Pending | Polled::NoLink => {
+                    // Nothing now: park (registered before the last check, so nothing is
+                    // missed: every change that matters happens under this lock).
+                    self.app_waker.register(cx.waker());
+                    if let Some(e) = &st.end {
+                        let e = e.clone();
+                        self.leave_recv(st, parked);
+                        return Poll::Ready(Err(e));
+                    }
+                    st.app_reading = true;
+                    *parked = true;
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Only acks and duplicates so far: let other tasks run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    // ---- the background task's reading ----------------------------------------------
+
+    /// Reads the link while the application is not inside `recv`. `Ready` after handling
+    /// something (the caller re-examines the session), `Pending` when there is nothing to
+    /// read or it is not ours to read.
+    fn bg_poll_rx(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut guard = self.st();
+        let st = &mut *guard;
+        if st.app_reading {
+            st.bg_wants = true;
+            return Poll::Pending;
+        }
+        let mut handled = 0;
+        while handled < BATCH {
+            if !st.receiver_gone && st.stash.len() >= self.stash_cap {
+                // The application is behind: stop reading until it catches up.
+                st.bg_wants = true;
+                break;
+            }
+            match self.poll_link(st, cx) {
+                Polled::Item(item) => {
+                    if !st.receiver_gone {
+                        st.stash.push_back(item);
+                        self.app_waker.wake();
+                    }
+                }
+                Polled::Other => {}
+                Polled::Failed => return Poll::Ready(()),
+                Polled::Pending | Polled::NoLink => break,
+            }
+            handled += 1;
+        }
+        if handled > 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Why [`run_link`] returned.
+enum LinkEnd<T> {
+    /// The link failed (or the peer closed it).
+    Failed(StableError),
+    /// A newer link for this session arrived (server).
+    Superseded(T),
+    /// The application is done and everything was acknowledged; the link's sending half,
+    /// to be closed.
+    Finished(Option<Box<dyn DynTx>>),
+}
+
+/// The background task's work while link `gen` is up: delayed acks, waiting for link room,
+/// reading while the application does not, and watching for the end.
+async fn run_link<T>(
+    core: &Arc<Core>,
+    gen: u64,
+    mut newer: Option<&mut mpsc::Receiver<T>>,
+) -> LinkEnd<T> {
+    let far = || TokioInstant::now() + Duration::from_secs(365 * 24 * 3600);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    let mut armed: Option<std::time::Instant> = None;
+    let mut flushing: Option<BoxFuture<'static, Result<(), LinkError>>> = None;
+    loop {
+        let deadline = {
+            let mut st = core.st();
+            if st.gen != gen || !st.link_up {
+                let reason = st
+                    .failure
+                    .take()
+                    .unwrap_or(StableError::Link(LinkError::Closed));
+                return LinkEnd::Failed(reason);
+            }
+            let now = now();
+            st.clock = now;
+            if flushing.is_none() {
+                st.flush_requested = false;
+                let State { tx, sess, .. } = &mut *st;
+                let written = match tx.as_mut() {
+                    Some(tx) if sess.has_transmit(now) => Some(tx.write_ready(sess, now)),
+                    _ => None,
+                };
+                match written {
+                    Some(Ok(false)) => {
+                        if let Some(tx) = st.tx.take() {
+                            flushing = Some(tx.flush_wait(core.clone(), gen));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        core.fail_link(&mut st, gen, e.into());
+                        continue;
+                    }
+                    Some(Ok(true)) | None => {}
+                }
+            }
+            if st.senders_gone && st.sess.unacked() == 0 && flushing.is_none() {
+                // Acknowledge what was received before closing (a delayed ack would be
+                // lost with the link): a time past the ack delay makes it due now.
+                if st.sess.received_unacked() > 0 {
+                    let later = now + st.sess.config().ack_delay;
+                    core.write_ready(&mut st, later);
+                }
+                return LinkEnd::Finished(st.tx.take());
+            }
+            // The ack timer runs only while nothing waits for the link: a deadline already
+            // past would otherwise spin while the link is full (frames waiting carry the ack).
+            if flushing.is_some() {
+                st.timer = Some(now);
+                None
+            } else {
+                let deadline = st.sess.poll_timeout();
+                st.timer = deadline;
+                deadline
+            }
+        };
+        if deadline != armed {
+            let at = deadline.map_or_else(far, TokioInstant::from_std);
+            sleep.as_mut().reset(at);
+            armed = deadline;
+        }
+        let newer_recv = async {
+            match newer.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            n = newer_recv => match n {
+                Some(link) => {
+                    core.fail_link(&mut core.st(), gen, StableError::Link(LinkError::Closed));
+                    return LinkEnd::Superseded(link);
+                }
+                None => newer = None,
+            },
+            r = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
+                flushing = None;
+                if let Err(e) = r {
+                    core.fail_link(&mut core.st(), gen, e.into());
+                }
+            }
+            () = core.bg.notified() => {}
+            () = std::future::poll_fn(|cx| core.bg_poll_rx(cx)) => {}
+            () = &mut sleep, if armed.is_some() => armed = None,
+        }
+    }
+}
+
+// ---- application handles ----------------------------------------------------------------
 
 /// The sending half of a [`StableConn`].
 pub struct StableSender {
-    tx: mpsc::Sender<Bytes>,
-    shared: Arc<Shared>,
-    max_item: usize,
+    core: Arc<Core>,
 }
 
 impl StableSender {
-    /// Sends one item. Waits while the session cannot take it (backpressure: replay buffer
-    /// full, link down). Fails once the session ended ([`StableError::SessionLost`], ...)
-    /// or for an item above the maximum size.
+    /// Sends one item: it enters the replay buffer and is written on the link from the
+    /// caller's task when the link has room. Waits while the replay buffer is full
+    /// (backpressure: the peer has not acknowledged enough, or the link is down). Fails once
+    /// the session ended ([`StableError::SessionLost`], ...) or for an item above the
+    /// maximum size.
+    ///
+    /// Cancel-safe: if the future is dropped before it completes, the item was not queued.
     pub async fn send(&self, item: impl Into<Bytes>) -> Result<(), StableError> {
-        let item = item.into();
-        if item.len() > self.max_item {
-            return Err(StableError::ItemTooLarge {
-                len: item.len(),
-                max: self.max_item,
-            });
+        match self.core.try_send(item.into())? {
+            None => Ok(()),
+            Some(item) => self.core.send_slow(item).await,
         }
-        self.tx
-            .send(item)
-            .await
-            .map_err(|_| self.shared.end_error())
     }
 
     /// A snapshot of the session's counters.
     pub fn stats(&self) -> DriverStats {
-        self.shared.stats().clone()
+        self.core.stats()
+    }
+}
+
+impl Drop for StableSender {
+    fn drop(&mut self) {
+        self.core.st().senders_gone = true;
+        self.core.wake_bg();
+    }
+}
+
+/// The future of [`StableReceiver::recv`].
+struct Recv<'a> {
+    core: &'a Core,
+    parked: bool,
+}
+
+impl Future for Recv<'_> {
+    type Output = Result<Bytes, StableError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        this.core.poll_recv(cx, &mut this.parked)
+    }
+}
+
+impl Drop for Recv<'_> {
+    fn drop(&mut self) {
+        if self.parked {
+            // Cancelled while parked: the background task takes over reading the link.
+            let mut st = self.core.st();
+            st.app_reading = false;
+            st.bg_wants = false;
+            drop(st);
+            self.core.wake_bg();
+        }
     }
 }
 
 /// The receiving half of a [`StableConn`].
 pub struct StableReceiver {
-    rx: mpsc::Receiver<Bytes>,
-    shared: Arc<Shared>,
+    core: Arc<Core>,
 }
 
 impl StableReceiver {
     /// The next item, in order. After the session ended and every delivered item was read,
-    /// fails with why it ended. Cancel-safe.
+    /// fails with why it ended. Cancel-safe: a dropped `recv` loses no item.
     pub async fn recv(&mut self) -> Result<Bytes, StableError> {
-        match self.rx.recv().await {
-            Some(b) => Ok(b),
-            None => Err(self.shared.end_error()),
+        Recv {
+            core: &self.core,
+            parked: false,
         }
+        .await
     }
 
     /// A snapshot of the session's counters.
     pub fn stats(&self) -> DriverStats {
-        self.shared.stats().clone()
+        self.core.stats()
+    }
+}
+
+impl Drop for StableReceiver {
+    fn drop(&mut self) {
+        let mut st = self.core.st();
+        st.receiver_gone = true;
+        st.stash.clear();
+        st.app_reading = false;
+        drop(st);
+        self.core.wake_bg();
     }
 }
 
@@ -205,7 +936,7 @@ pub struct StableConn {
     sender: StableSender,
     receiver: StableReceiver,
     events: Option<mpsc::Receiver<SessionEvent>>,
-    shared: Arc<Shared>,
+    core: Arc<Core>,
 }
 
 impl StableConn {
@@ -226,7 +957,7 @@ impl StableConn {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> DriverStats {
-        self.shared.stats().clone()
+        self.core.stats()
     }
 
     /// Splits into independently usable halves (the session ends when both are dropped).
@@ -235,279 +966,21 @@ impl StableConn {
     }
 }
 
-/// The task's side of the application channels.
-struct AppIo {
-    from_app: mpsc::Receiver<Bytes>,
-    from_app_closed: bool,
-    staged: Option<Bytes>,
-    to_app: mpsc::Sender<Bytes>,
-    to_app_closed: bool,
-    pending: Option<Bytes>,
-    events: mpsc::Sender<SessionEvent>,
-    shared: Arc<Shared>,
-}
-
-fn new_conn(config: &StableConfig, driver: &DriverConfig) -> (StableConn, AppIo) {
-    let q = driver.app_queue.max(1);
-    let (app_tx, from_app) = mpsc::channel(q);
-    let (to_app, app_rx) = mpsc::channel(q);
-    let (events, ev_rx) = mpsc::channel(driver.event_queue.max(1));
-    let shared = Shared::new();
+fn new_conn(sess: Session, driver: &DriverConfig) -> (StableConn, Arc<Core>) {
+    let (core, events) = Core::new(sess, driver);
     (
         StableConn {
-            sender: StableSender {
-                tx: app_tx,
-                shared: shared.clone(),
-                max_item: config.effective_max_item(),
-            },
-            receiver: StableReceiver {
-                rx: app_rx,
-                shared: shared.clone(),
-            },
-            events: Some(ev_rx),
-            shared: shared.clone(),
+            sender: StableSender { core: core.clone() },
+            receiver: StableReceiver { core: core.clone() },
+            events: Some(events),
+            core: core.clone(),
         },
-        AppIo {
-            from_app,
-            from_app_closed: false,
-            staged: None,
-            to_app,
-            to_app_closed: false,
-            pending: None,
-            events,
-            shared,
-        },
+        core,
     )
 }
 
-impl AppIo {
-    fn emit(&self, ev: SessionEvent) {
-        tracing::debug!(?ev, "stable session event");
-        let _ = self.events.try_send(ev);
-    }
-
-    fn sync_stats(&self, sess: &Session) {
-        self.shared.stats().session = sess.stats().clone();
-    }
-
-    /// Moves the staged item into the session if it fits.
-    fn push_staged(&mut self, sess: &mut Session) -> Result<(), StableError> {
-        if let Some(item) = self.staged.take() {
-            if sess.can_accept(item.len()) {
-                sess.push(item)?;
-            } else {
-                self.staged = Some(item);
-            }
-        }
-        Ok(())
-    }
-
-    /// The application dropped its sender and everything it sent was acknowledged.
-    fn finished(&self, sess: &Session) -> bool {
-        self.from_app_closed && self.staged.is_none() && sess.unacked() == 0
-    }
-
-    /// While no link is up: take application items into the replay buffer until `until`
-    /// completes. Returns its output.
-    async fn intake_until<F: std::future::Future>(
-        &mut self,
-        sess: &mut Session,
-        until: F,
-    ) -> Result<F::Output, StableError> {
-        tokio::pin!(until);
-        loop {
-            self.push_staged(sess)?;
-            tokio::select! {
-                out = &mut until => return Ok(out),
-                item = self.from_app.recv(), if self.staged.is_none() && !self.from_app_closed => {
-                    match item {
-                        Some(b) => self.staged = Some(b),
-                        None => self.from_app_closed = true,
-                    }
-                }
-            }
-        }
-    }
-
-    fn end(self, sess: &mut Session, err: StableError) {
-        if let StableError::SessionLost { unacked } = err {
-            self.emit(SessionEvent::SessionLost { unacked });
-        }
-        self.sync_stats(sess);
-        *self.shared.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-        // Dropping `self` closes the channels: the application's send/recv see the end.
-    }
-}
-
-/// Most items moved per direction by one [`step_ready`] (fairness between directions).
-const BATCH: usize = 64;
-
-/// Receive and deliver, take application items, and transmit, as far as possible without
-/// waiting. The order matters: acks received free replay room that the intake then uses,
-/// and items taken in are transmitted at once.
-fn step_ready<Tx: LinkTx, Rx: LinkRx>(
-    sess: &mut Session,
-    io: &mut AppIo,
-    tx: &mut Tx,
-    rx: &mut Rx,
-    now: std::time::Instant,
-) -> Result<(), StableError> {
-    // Link → application (first: acks free replay room for the intake).
-    for _ in 0..BATCH {
-        if let Some(item) = io.pending.take() {
-            match io.to_app.try_send(item) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
-                    io.pending = Some(item);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => io.to_app_closed = true,
-            }
-        }
-        match rx.recv().now_or_never() {
-            Some(Ok(Some(msg))) => {
-                if let Received::Item(item) = sess.handle_frame(now, msg)? {
-                    if !io.to_app_closed {
-                        io.pending = Some(item);
-                    }
-                }
-            }
-            Some(Ok(None)) => return Err(LinkError::Closed.into()),
-            Some(Err(e)) => return Err(e.into()),
-            None => break,
-        }
-    }
-    // Application → replay buffer.
-    for _ in 0..BATCH {
-        io.push_staged(sess)?;
-        if io.staged.is_some() || io.from_app_closed {
-            break;
-        }
-        match io.from_app.try_recv() {
-            Ok(item) => io.staged = Some(item),
-            Err(mpsc::error::TryRecvError::Empty) => break,
-            Err(mpsc::error::TryRecvError::Disconnected) => io.from_app_closed = true,
-        }
-    }
-    // Invariant for the caller's select: an item stays staged only while the replay buffer
-    // cannot take it (otherwise nothing would wake us to push it).
-    io.push_staged(sess)?;
-    // Replay buffer → link.
-    for _ in 0..BATCH {
-        if !sess.has_transmit(now) {
-            break;
-        }
-        match tx.reserve().now_or_never() {
-            Some(Ok(permit)) => {
-                if let Some(t) = sess.poll_transmit(now) {
-                    let mut slot = permit.alloc(t.len())?;
-                    t.write_to(slot.as_mut_slice());
-                    slot.commit();
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => break,
-        }
-    }
-    Ok(())
-}
-
-/// Why [`run_link`] returned.
-enum LinkEnd<T> {
-    /// The link failed (or the peer closed it).
-    Failed(StableError),
-    /// A newer link for this session arrived (server).
-    Superseded(T),
-    /// The application is done and everything was acknowledged.
-    Finished,
-}
-
-/// Runs the session over one link until it fails, is superseded, or the session is done.
-async fn run_link<Tx: LinkTx, Rx: LinkRx, T>(
-    sess: &mut Session,
-    io: &mut AppIo,
-    tx: &mut Tx,
-    rx: &mut Rx,
-    mut newer: Option<&mut mpsc::Receiver<T>>,
-) -> LinkEnd<T> {
-    loop {
-        let now = now();
-        // Do whatever is possible without waiting, in bounded batches, before selecting.
-        if let Err(e) = step_ready(sess, io, tx, rx, now) {
-            return LinkEnd::Failed(e);
-        }
-        if io.finished(sess) && io.pending.is_none() {
-            return LinkEnd::Finished;
-        }
-        io.sync_stats(sess);
-        let want_tx = sess.has_transmit(now);
-        // Only arm the ack timer when nothing is ready to go (otherwise a past deadline
-        // would spin while the link is full).
-        let timeout = if want_tx { None } else { sess.poll_timeout() };
-        let sleep = tokio::time::sleep_until(TokioInstant::from_std(
-            timeout.unwrap_or_else(|| now + Duration::from_secs(3600)),
-        ));
-        let newer_recv = async {
-            match newer.as_mut() {
-                Some(r) => r.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            n = newer_recv => match n {
-                Some(link) => return LinkEnd::Superseded(link),
-                None => newer = None,
-            },
-            r = tx.reserve(), if want_tx => {
-                let permit = match r {
-                    Ok(p) => p,
-                    Err(e) => return LinkEnd::Failed(e.into()),
-                };
-                if let Some(t) = sess.poll_transmit(now) {
-                    match permit.alloc(t.len()) {
-                        Ok(mut slot) => {
-                            t.write_to(slot.as_mut_slice());
-                            slot.commit();
-                        }
-                        Err(e) => return LinkEnd::Failed(e.into()),
-                    }
-                }
-            }
-            p = io.to_app.reserve(), if io.pending.is_some() => match p {
-                Ok(p) => {
-                    if let Some(item) = io.pending.take() {
-                        p.send(item);
-                    }
-                }
-                Err(_) => {
-                    // The application dropped its receiver: it does not want items.
-                    io.to_app_closed = true;
-                    io.pending = None;
-                }
-            },
-            m = rx.recv(), if io.pending.is_none() => match m {
-                Ok(Some(msg)) => match sess.handle_frame(now, msg) {
-                    Ok(Received::Item(item)) => {
-                        if !io.to_app_closed {
-                            io.pending = Some(item);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => return LinkEnd::Failed(e),
-                },
-                Ok(None) => return LinkEnd::Failed(LinkError::Closed.into()),
-                Err(e) => return LinkEnd::Failed(e.into()),
-            },
-            item = io.from_app.recv(), if io.staged.is_none() && !io.from_app_closed => {
-                match item {
-                    Some(b) => io.staged = Some(b),
-                    None => io.from_app_closed = true,
-                }
-            }
-            _ = sleep, if timeout.is_some() => {}
-        }
-    }
+fn boxed_tx<T: LinkTx>(tx: T) -> Box<dyn DynTx> {
+    Box::new(TxHalf(tx))
 }
 
 // ---- client ---------------------------------------------------------------------------
@@ -524,31 +997,35 @@ impl StableClient {
         config: StableConfig,
         driver: DriverConfig,
     ) -> Result<StableConn, StableError> {
-        let sess = Session::client(config.clone())?;
-        let (conn, io) = new_conn(&config, &driver);
-        tokio::spawn(client_task(source, sess, io));
+        let sess = Session::client(config)?;
+        let (conn, core) = new_conn(sess, &driver);
+        tokio::spawn(client_task(source, core));
         Ok(conn)
     }
 }
 
+/// The two halves of a link from a source.
+type Halves<S> = (
+    <<S as LinkSource>::Link as Link>::Tx,
+    <<S as LinkSource>::Link as Link>::Rx,
+);
+
 /// Makes a link and runs the client handshake on it.
 async fn client_handshake<S: LinkSource>(
     source: &mut S,
-    sess: &mut Session,
-) -> Result<
-    (
-        <S::Link as Link>::Tx,
-        <S::Link as Link>::Rx,
-        HandshakeOutcome,
-    ),
-    StableError,
-> {
+    core: &Core,
+) -> Result<(Halves<S>, HandshakeOutcome), StableError> {
     let link = source.connect().await?;
     let (mut tx, mut rx) = link.split();
-    let hello = sess.client_hello(now())?;
-    let deadline = sess
-        .poll_timeout()
-        .ok_or(StableError::State("no handshake deadline"))?;
+    let (hello, deadline) = {
+        let mut st = core.st();
+        let hello = st.sess.client_hello(now())?;
+        let deadline = st
+            .sess
+            .poll_timeout()
+            .ok_or(StableError::State("no handshake deadline"))?;
+        (hello, deadline)
+    };
     let exchange = async {
         send_bytes(&mut tx, &hello.to_bytes()).await?;
         match rx.recv().await? {
@@ -556,83 +1033,87 @@ async fn client_handshake<S: LinkSource>(
             None => Err(StableError::Link(LinkError::Closed)),
         }
     };
-    match tokio::time::timeout_at(TokioInstant::from_std(deadline), exchange).await {
+    let result = tokio::time::timeout_at(TokioInstant::from_std(deadline), exchange).await;
+    let mut st = core.st();
+    match result {
         Ok(Ok(msg)) => {
-            let outcome = sess.handle_server_hello(now(), &msg)?;
-            Ok((tx, rx, outcome))
+            let outcome = st.sess.handle_server_hello(now(), &msg)?;
+            drop(st);
+            Ok(((tx, rx), outcome))
         }
         Ok(Err(e)) => {
-            sess.link_lost();
+            st.sess.link_lost();
             Err(e)
         }
         Err(_) => {
-            sess.handle_timeout(now().max(deadline))?;
+            st.sess.handle_timeout(now().max(deadline))?;
             Err(StableError::HandshakeTimeout)
         }
     }
 }
 
-async fn client_task<S: LinkSource>(mut source: S, mut sess: Session, mut io: AppIo) {
+async fn client_task<S: LinkSource>(mut source: S, core: Arc<Core>) {
     let mut rng = SplitMix64::from_entropy();
-    let policy = sess.config().reconnect.clone();
+    let (policy, mut established) = {
+        let st = core.st();
+        (st.sess.config().reconnect.clone(), st.sess.is_established())
+    };
     let mut had_link = false;
     loop {
-        // Get a link, with backoff.
+        // Get a link, with backoff. Items sent meanwhile wait in the replay buffer.
         let outage_start = now();
         let mut attempt: u32 = 0;
-        let (mut tx, mut rx) = loop {
+        let gen = loop {
             if had_link || attempt > 0 {
                 let elapsed = now().saturating_duration_since(outage_start);
                 let Some(delay) = policy.delay(attempt, elapsed, &mut rng) else {
-                    let err = sess.mark_lost();
-                    return io.end(&mut sess, err);
+                    return core.lose();
                 };
-                io.emit(SessionEvent::Reconnecting { attempt, delay });
-                io.shared.stats().reconnect_attempts += 1;
+                core.emit(SessionEvent::Reconnecting { attempt, delay });
+                core.st().stats.reconnect_attempts += 1;
                 // A zero delay must not wait for the next timer tick (about 1 ms).
                 if !delay.is_zero() {
-                    if let Err(e) = io.intake_until(&mut sess, tokio::time::sleep(delay)).await {
-                        return io.end(&mut sess, e);
-                    }
+                    tokio::time::sleep(delay).await;
                 }
             }
             attempt = attempt.saturating_add(1);
-            // Application items wait in the queue during the (time-limited) handshake.
-            let result = client_handshake(&mut source, &mut sess).await;
-            match result {
-                Ok((tx, rx, outcome)) => {
-                    io.shared.stats().links += 1;
+            match client_handshake(&mut source, &core).await {
+                Ok(((tx, rx), outcome)) => {
+                    established = true;
                     match outcome {
-                        HandshakeOutcome::New => io.emit(SessionEvent::SessionUp),
+                        HandshakeOutcome::New => core.emit(SessionEvent::SessionUp),
                         HandshakeOutcome::Resumed { replayed } => {
-                            io.emit(SessionEvent::Resumed { replayed })
+                            core.emit(SessionEvent::Resumed { replayed })
                         }
                     }
-                    break (tx, rx);
+                    match core.install(boxed_tx(tx), rx_stream(rx)) {
+                        Some(gen) => break gen,
+                        None => return,
+                    }
                 }
-                Err(e @ StableError::SessionLost { .. }) => return io.end(&mut sess, e),
+                Err(e @ (StableError::SessionLost { .. } | StableError::Refused { .. })) => {
+                    return core.end(e)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, attempt, "stable client: link attempt failed");
-                    if !had_link && !sess.is_established() && attempt == 1 {
+                    if !had_link && !established && attempt == 1 {
                         // Still report the first failure so the application can see it.
-                        io.emit(SessionEvent::LinkLost { reason: e });
+                        core.emit(SessionEvent::LinkLost { reason: e });
                     }
                 }
             }
         };
         had_link = true;
-        match run_link::<_, _, ()>(&mut sess, &mut io, &mut tx, &mut rx, None).await {
-            LinkEnd::Finished => {
-                let _ = tx.close().await;
-                return io.end(&mut sess, StableError::Closed);
+        match run_link::<()>(&core, gen, None).await {
+            LinkEnd::Finished(tx) => {
+                if let Some(tx) = tx {
+                    let _ = tx.close().await;
+                }
+                return core.end(StableError::Closed);
             }
-            LinkEnd::Failed(reason) => {
-                sess.link_lost();
-                io.shared.stats().link_losses += 1;
-                io.emit(SessionEvent::LinkLost { reason });
-            }
+            LinkEnd::Failed(reason) => core.emit(SessionEvent::LinkLost { reason }),
             // The client passes no channel of newer links.
-            LinkEnd::Superseded(()) => sess.link_lost(),
+            LinkEnd::Superseded(()) => {}
         }
     }
 }
@@ -659,10 +1140,10 @@ struct ServerInner<L: Link> {
 }
 
 impl<L: Link> ServerInner<L> {
-    fn registry(&self) -> std::sync::MutexGuard<'_, SessionRegistry<L>> {
+    fn registry(&self) -> MutexGuard<'_, SessionRegistry<L>> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn stats(&self) -> std::sync::MutexGuard<'_, ServerStats> {
+    fn stats(&self) -> MutexGuard<'_, ServerStats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -676,6 +1157,9 @@ pub struct ServerStats {
     pub resumes: u64,
     /// Resumes rejected (unknown or expired key).
     pub rejected: u64,
+    /// New sessions refused because [`StableConfig::max_sessions`] were registered (the
+    /// client was answered `rejected` and reports [`StableError::Refused`]).
+    pub refused: u64,
     /// Links whose handshake failed (garbage, wrong version, timeout, ...).
     pub handshake_failures: u64,
     /// The last handshake failure.
@@ -720,7 +1204,7 @@ impl<L: Link> StableServer<L> {
         Ok((
             StableServer {
                 inner: Arc::new(ServerInner {
-                    registry: Mutex::new(Registry::new(config.resume_grace)),
+                    registry: Mutex::new(Registry::new(config.resume_grace, config.max_sessions)),
                     config,
                     driver,
                     new_sessions,
@@ -808,27 +1292,45 @@ async fn server_handshake_reply<L: Link>(
     match hello.resume_key() {
         None => {
             let sess = Session::server(inner.config.clone())?;
+            // Drawn before the registry lock is taken: a system call.
+            let key = ResumeKey::generate()?;
             let (relink_tx, relinks) = mpsc::channel(4);
-            let (id, key) = inner.registry().insert(relink_tx)?;
-            send_bytes(&mut tx, &ServerHello::accept_new(&key).to_bytes()).await?;
-            let (conn, io) = new_conn(&inner.config, &inner.driver);
-            io.emit(SessionEvent::SessionUp);
-            io.shared.stats().links += 1;
+            let inserted = inner.registry().insert(now(), key.clone(), relink_tx);
+            let id = match inserted {
+                Ok(id) => id,
+                Err(StableError::TooManySessions { max }) => {
+                    tracing::debug!(max, "stable server: session limit reached, refusing");
+                    inner.stats().refused += 1;
+                    send_bytes(&mut tx, &ServerHello::rejected().to_bytes()).await?;
+                    let _ = tx.close().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = send_bytes(&mut tx, &ServerHello::accept_new(&key).to_bytes()).await {
+                inner.registry().remove(id);
+                return Err(e.into());
+            }
+            let (conn, core) = new_conn(sess, &inner.driver);
+            core.emit(SessionEvent::SessionUp);
+            let Some(gen) = core.install(boxed_tx(tx), rx_stream(rx)) else {
+                inner.registry().remove(id);
+                return Err(StableError::Closed);
+            };
             inner.stats().sessions += 1;
-            tokio::spawn(server_task(inner.clone(), id, sess, io, tx, rx, relinks));
+            tokio::spawn(server_task(inner.clone(), id, core, gen, relinks));
             if inner.new_sessions.send(conn).await.is_err() {
                 tracing::debug!("stable server: nobody accepts new sessions");
             }
             Ok(())
         }
         Some(key) => {
-            let routed = {
-                let mut reg = inner.registry();
-                match reg.resume(now(), &key)? {
-                    Some(r) => Some((r.value.clone(), r.new_key, r.link_number)),
-                    None => None,
-                }
-            };
+            // Drawn before the registry lock is taken: a system call.
+            let new_key = ResumeKey::generate()?;
+            let routed = inner
+                .registry()
+                .resume(now(), &key, new_key)
+                .map(|r| (r.value.clone(), r.new_key, r.link_number));
             let reject = |inner: &ServerInner<L>| inner.stats().rejected += 1;
             match routed {
                 Some((to_session, new_key, link_number)) => {
@@ -870,7 +1372,7 @@ async fn reject_relink<L: Link>(relink: Relink<L>) {
 }
 
 enum ServerState<L: Link> {
-    Linked(L::Tx, L::Rx),
+    Linked(u64),
     Waiting,
     Relinking(Relink<L>),
 }
@@ -878,54 +1380,44 @@ enum ServerState<L: Link> {
 async fn server_task<L: Link>(
     inner: Arc<ServerInner<L>>,
     id: SessionId,
-    mut sess: Session,
-    mut io: AppIo,
-    tx: L::Tx,
-    rx: L::Rx,
+    core: Arc<Core>,
+    gen: u64,
     mut relinks: mpsc::Receiver<Relink<L>>,
 ) {
     let grace = inner.config.resume_grace;
     let mut link_number = 1;
-    let mut state = ServerState::<L>::Linked(tx, rx);
+    let mut state = ServerState::<L>::Linked(gen);
     loop {
         state = match state {
-            ServerState::Linked(mut tx, mut rx) => {
-                match run_link(&mut sess, &mut io, &mut tx, &mut rx, Some(&mut relinks)).await {
-                    LinkEnd::Finished => {
+            ServerState::Linked(gen) => match run_link(&core, gen, Some(&mut relinks)).await {
+                LinkEnd::Finished(tx) => {
+                    if let Some(tx) = tx {
                         let _ = tx.close().await;
-                        inner.registry().remove(id);
-                        return io.end(&mut sess, StableError::Closed);
                     }
-                    LinkEnd::Superseded(relink) => {
-                        sess.link_lost();
-                        io.shared.stats().link_losses += 1;
-                        io.emit(SessionEvent::LinkLost {
-                            reason: StableError::Link(LinkError::Closed),
-                        });
-                        ServerState::Relinking(relink)
-                    }
-                    LinkEnd::Failed(reason) => {
-                        sess.link_lost();
-                        io.shared.stats().link_losses += 1;
-                        io.emit(SessionEvent::LinkLost { reason });
-                        inner.registry().link_lost(id, now(), link_number);
-                        ServerState::Waiting
-                    }
+                    inner.registry().remove(id);
+                    return core.end(StableError::Closed);
                 }
-            }
+                LinkEnd::Superseded(relink) => {
+                    core.emit(SessionEvent::LinkLost {
+                        reason: StableError::Link(LinkError::Closed),
+                    });
+                    ServerState::Relinking(relink)
+                }
+                LinkEnd::Failed(reason) => {
+                    core.emit(SessionEvent::LinkLost { reason });
+                    inner.registry().link_lost(id, now(), link_number);
+                    ServerState::Waiting
+                }
+            },
             ServerState::Waiting => {
                 let deadline = TokioInstant::now() + grace;
-                let waited = io
-                    .intake_until(&mut sess, tokio::time::timeout_at(deadline, relinks.recv()))
-                    .await;
-                match waited {
-                    Ok(Ok(Some(relink))) => ServerState::Relinking(relink),
-                    Ok(Ok(None)) => {
+                match tokio::time::timeout_at(deadline, relinks.recv()).await {
+                    Ok(Some(relink)) => ServerState::Relinking(relink),
+                    Ok(None) => {
                         // The registry dropped us (an expired lookup removed the entry).
-                        let err = sess.mark_lost();
-                        return io.end(&mut sess, err);
+                        return core.lose();
                     }
-                    Ok(Err(_elapsed)) => {
+                    Err(_elapsed) => {
                         let expired = {
                             let mut reg = inner.registry();
                             let expired = reg.is_expired(id, now());
@@ -941,50 +1433,53 @@ async fn server_task<L: Link>(
                                 inner.stats().rejected += 1;
                                 reject_relink(relink).await;
                             }
-                            let err = sess.mark_lost();
-                            return io.end(&mut sess, err);
+                            return core.lose();
                         }
                         ServerState::Waiting
                     }
+                }
+            }
+            ServerState::Relinking(relink) => {
+                let resumed = {
+                    let mut st = core.st();
+                    st.sess
+                        .handle_resume(&relink.hello)
+                        .map(|outcome| (outcome, st.sess.server_hello_resume(&relink.new_key)))
+                };
+                match resumed {
+                    Ok((outcome, hello)) => {
+                        link_number = relink.link_number;
+                        let (mut tx, rx) = (relink.tx, relink.rx);
+                        match send_bytes(&mut tx, &hello.to_bytes()).await {
+                            Ok(()) => {
+                                inner.stats().resumes += 1;
+                                if let HandshakeOutcome::Resumed { replayed } = outcome {
+                                    core.emit(SessionEvent::Resumed { replayed });
+                                }
+                                match core.install(boxed_tx(tx), rx_stream(rx)) {
+                                    Some(gen) => ServerState::Linked(gen),
+                                    None => return,
+                                }
+                            }
+                            Err(e) => {
+                                core.st().sess.link_lost();
+                                core.emit(SessionEvent::LinkLost { reason: e.into() });
+                                inner.registry().link_lost(id, now(), link_number);
+                                ServerState::Waiting
+                            }
+                        }
+                    }
                     Err(e) => {
+                        // The client's view of the session contradicts ours: it cannot be
+                        // resumed safely. Refuse, and end the session on both sides.
+                        tracing::debug!(error = %e, "stable server: inconsistent resume");
                         inner.registry().remove(id);
-                        return io.end(&mut sess, e);
+                        inner.stats().rejected += 1;
+                        reject_relink(relink).await;
+                        return core.lose();
                     }
                 }
             }
-            ServerState::Relinking(relink) => match sess.handle_resume(&relink.hello) {
-                Ok(outcome) => {
-                    link_number = relink.link_number;
-                    let (mut tx, rx) = (relink.tx, relink.rx);
-                    let hello = sess.server_hello_resume(&relink.new_key);
-                    match send_bytes(&mut tx, &hello.to_bytes()).await {
-                        Ok(()) => {
-                            inner.stats().resumes += 1;
-                            io.shared.stats().links += 1;
-                            if let HandshakeOutcome::Resumed { replayed } = outcome {
-                                io.emit(SessionEvent::Resumed { replayed });
-                            }
-                            ServerState::Linked(tx, rx)
-                        }
-                        Err(e) => {
-                            sess.link_lost();
-                            io.emit(SessionEvent::LinkLost { reason: e.into() });
-                            inner.registry().link_lost(id, now(), link_number);
-                            ServerState::Waiting
-                        }
-                    }
-                }
-                Err(e) => {
-                    // The client's view of the session contradicts ours: it cannot be
-                    // resumed safely. Refuse, and end the session on both sides.
-                    tracing::debug!(error = %e, "stable server: inconsistent resume");
-                    inner.registry().remove(id);
-                    inner.stats().rejected += 1;
-                    reject_relink(relink).await;
-                    let err = sess.mark_lost();
-                    return io.end(&mut sess, err);
-                }
-            },
         };
     }
 }

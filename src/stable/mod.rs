@@ -39,9 +39,15 @@
 //!   last server frame it received in order. The server looks the key up (constant-time
 //!   comparison). Unknown or expired → `rejected`, and the client reports
 //!   [`StableError::SessionLost`] with the number of its items never acknowledged — it never
-//!   silently starts a fresh session. Known → the server **re-keys** the session (the old key
-//!   is dead), answers with the new key and its own `last_received`, and both sides drop
-//!   what the other has acknowledged and replay the rest, in order, before any new item.
+//!   silently starts a fresh session. Known → the server **re-keys** the session, answers
+//!   with the new key and its own `last_received`, and both sides drop what the other has
+//!   acknowledged and replay the rest, in order, before any new item. Older keys are dead,
+//!   except the one the client just presented: it stays valid until the client presents the
+//!   new one, so a server hello lost with its link does not lose the session (the client
+//!   resumes again with the key it has).
+//! * **Refusal**: a server holding [`StableConfig::max_sessions`] sessions answers a new
+//!   session's hello with `rejected`; the client reports [`StableError::Refused`]. (A
+//!   `rejected` answer to a hello without a key can only mean that.)
 //!
 //! Anything else — wrong size, wrong magic, an unknown version, unknown flag bits — is a
 //! typed error and the link is closed. Each side gives up on a handshake after
@@ -66,9 +72,11 @@
 //!   dropped; a newer one (a gap) is [`StableError::Protocol`]. An ack of an item never
 //!   sent is a protocol error too.
 //! * Acks ride on data frames. A receiver with unacknowledged items and nothing to send
-//!   emits a standalone ack frame after [`StableConfig::ack_every`] items or
+//!   emits a standalone ack frame after [`StableConfig::ack_every`] items, once they fill a
+//!   quarter of the replay bounds ([`StableConfig::replay_max_frames`],
+//!   [`StableConfig::replay_max_bytes`]; both sides are assumed to use the same), or after
 //!   [`StableConfig::ack_delay`], whichever comes first, so one-way traffic drains the
-//!   sender's replay buffer.
+//!   sender's replay buffer without stalling it.
 //!
 //! # Replay buffer and backpressure
 //!
@@ -80,7 +88,6 @@
 #![allow(clippy::module_name_repetitions)]
 
 use std::fmt;
-use std::io::Read;
 use std::time::Duration;
 
 pub mod backoff;
@@ -148,6 +155,23 @@ pub enum StableError {
         /// Items this side sent that the peer never acknowledged.
         unacked: usize,
     },
+    /// Server: a new session was refused because [`StableConfig::max_sessions`] sessions
+    /// are registered already (the client is answered `rejected`).
+    #[error("too many stable sessions (the maximum is {max})")]
+    TooManySessions {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// Client: the server refused to start a new session (it holds
+    /// [`StableConfig::max_sessions`] sessions already). Terminal, like
+    /// [`SessionLost`](StableError::SessionLost): the client does not retry on its own
+    /// (start a new client later). `unacked` items sent before the refusal were never
+    /// delivered.
+    #[error("the server refused a new stable session ({unacked} items never delivered)")]
+    Refused {
+        /// Items sent before the refusal, none of them delivered.
+        unacked: usize,
+    },
     /// An item is larger than the session can ever accept (see
     /// [`StableConfig::max_item_len`] and [`StableConfig::replay_max_bytes`]).
     #[error("item of {len} bytes is larger than the maximum of {max} bytes")]
@@ -207,13 +231,21 @@ pub struct StableConfig {
     /// `replay_max_bytes`.
     pub max_item_len: usize,
     /// A standalone ack is sent once this many items arrived unacknowledged and there is no
-    /// outgoing data to carry the ack. Default 32; at least 1.
+    /// outgoing data to carry the ack. Default 32; at least 1. (One is also sent, whatever
+    /// this says, once the unacknowledged items reach a quarter of `replay_max_frames` or of
+    /// `replay_max_bytes`: with large items the sender's replay buffer would otherwise fill
+    /// up and wait for `ack_delay`.)
     pub ack_every: u32,
     /// A standalone ack is sent this long after the oldest unacknowledged arrival if none
     /// was sent otherwise. Default 5 ms.
     pub ack_delay: Duration,
     /// Server side: how long a session without a link stays resumable. Default 30 s.
     pub resume_grace: Duration,
+    /// Server side: most sessions registered at once, with a link or within their grace
+    /// period. A new session beyond it is answered `rejected` (the client reports
+    /// [`StableError::Refused`]) and counted as refused in the server's stats. Default 4096;
+    /// at least 1.
+    pub max_sessions: usize,
     /// Client side: how reconnects are paced and when they give up.
     pub reconnect: ReconnectPolicy,
     /// Sequence number of this side's first item (and, on the peer, what it expects).
@@ -233,6 +265,7 @@ impl Default for StableConfig {
             ack_every: 32,
             ack_delay: Duration::from_millis(5),
             resume_grace: Duration::from_secs(30),
+            max_sessions: 4096,
             reconnect: ReconnectPolicy::default(),
             initial_seq: 1,
         }
@@ -260,6 +293,11 @@ impl StableConfig {
         if self.ack_every == 0 {
             return Err(StableError::InvalidConfig("ack_every must be at least 1"));
         }
+        if self.max_sessions == 0 {
+            return Err(StableError::InvalidConfig(
+                "max_sessions must be at least 1",
+            ));
+        }
         self.reconnect.validate()
     }
 
@@ -275,12 +313,15 @@ impl StableConfig {
 pub struct ResumeKey([u8; 16]);
 
 impl ResumeKey {
-    /// Draws a fresh key from the operating system's random source (`/dev/urandom`).
+    /// Draws a fresh key from the operating system's CSPRNG: the `getrandom(2)` system call
+    /// on Linux (retried on `EINTR`, continued after a short read; `/dev/urandom` only when
+    /// the kernel lacks the call), `/dev/urandom` elsewhere.
+    ///
+    /// A system call: callers draw keys *before* taking any lock other tasks contend for
+    /// (the [`Registry`] takes keys as arguments for that reason).
     pub fn generate() -> Result<ResumeKey, StableError> {
         let mut key = [0u8; 16];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut key))
-            .map_err(|e| StableError::Random(e.to_string()))?;
+        crate::sync::os_random(&mut key).map_err(|e| StableError::Random(e.to_string()))?;
         Ok(ResumeKey(key))
     }
 
@@ -346,6 +387,10 @@ mod tests {
             },
             StableConfig {
                 handshake_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            StableConfig {
+                max_sessions: 0,
                 ..Default::default()
             },
         ];

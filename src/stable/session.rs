@@ -157,6 +157,8 @@ pub struct Session {
     rx_last: u32,
     /// Items received since we last sent an ack.
     rx_unacked: u32,
+    /// Bytes of those items.
+    rx_unacked_bytes: usize,
     /// When the oldest of those arrived.
     rx_unacked_since: Option<Instant>,
     stats: SessionStats,
@@ -193,6 +195,7 @@ impl Session {
             cursor: 0,
             rx_last: before_first,
             rx_unacked: 0,
+            rx_unacked_bytes: 0,
             rx_unacked_since: None,
             stats: SessionStats::default(),
         })
@@ -245,6 +248,14 @@ impl Session {
         self.rx_last
     }
 
+    /// Items received in order and not yet acknowledged to the peer. While it is above
+    /// zero, the `now` passed to [`handle_frame`](Session::handle_frame) is not used (the
+    /// ack deadline runs from the oldest of them), so a driver may pass a recent cached
+    /// time instead of reading the clock.
+    pub fn received_unacked(&self) -> u32 {
+        self.rx_unacked
+    }
+
     // ---- sending -------------------------------------------------------------------
 
     /// Whether an item of `len` bytes fits in the replay buffer now. When it does not, the
@@ -292,9 +303,15 @@ impl Session {
         Ok(seq)
     }
 
+    /// A standalone ack is due: after `ack_every` items, or once the items unacknowledged
+    /// fill a quarter of the replay bounds (frames or bytes; the peer is assumed to use the
+    /// same bounds, so its replay buffer never fills up waiting for a delayed ack), or
+    /// `ack_delay` after the oldest of them.
     fn ack_due(&self, now: Instant) -> bool {
         self.rx_unacked > 0
             && (self.rx_unacked >= self.config.ack_every
+                || self.rx_unacked as usize >= (self.config.replay_max_frames / 4).max(1)
+                || self.rx_unacked_bytes >= (self.config.replay_max_bytes / 4).max(1)
                 || self
                     .rx_unacked_since
                     .is_some_and(|t| now >= t + self.config.ack_delay))
@@ -329,6 +346,7 @@ impl Session {
             };
             self.cursor += 1;
             self.rx_unacked = 0;
+            self.rx_unacked_bytes = 0;
             self.rx_unacked_since = None;
             self.stats.data_frames_sent += 1;
             return Some(t);
@@ -337,6 +355,7 @@ impl Session {
             let mut header = [0u8; wire::DATA_HEADER_LEN];
             wire::put_ack_frame(&mut header, self.rx_last);
             self.rx_unacked = 0;
+            self.rx_unacked_bytes = 0;
             self.rx_unacked_since = None;
             self.stats.acks_sent += 1;
             return Some(Transmit {
@@ -393,6 +412,7 @@ impl Session {
                 if s == expected {
                     self.rx_last = s;
                     self.rx_unacked = self.rx_unacked.saturating_add(1);
+                    self.rx_unacked_bytes = self.rx_unacked_bytes.saturating_add(item.len());
                     self.rx_unacked_since.get_or_insert(now);
                     self.stats.items_received += 1;
                     Ok(Received::Item(item))
@@ -446,6 +466,7 @@ impl Session {
         }
         self.cursor = 0;
         self.rx_unacked = 0;
+        self.rx_unacked_bytes = 0;
         self.rx_unacked_since = None;
     }
 
@@ -485,7 +506,8 @@ impl Session {
     /// * Accepted → the session is up; on a resume, replay starts with the first item the
     ///   server did not acknowledge.
     /// * Rejected → the session is lost: [`StableError::SessionLost`] with the number of
-    ///   items never acknowledged.
+    ///   items never acknowledged; or, when no session had been established yet (the server
+    ///   refused a new session), [`StableError::Refused`].
     /// * Malformed or inconsistent, or past the deadline → an error; the link must be
     ///   closed and the session returns to "no link" (it may reconnect).
     pub fn handle_server_hello(
@@ -510,7 +532,14 @@ impl Session {
             }
         };
         if hello.is_rejected() {
-            return Err(self.mark_lost());
+            let lost = self.mark_lost();
+            if !self.established {
+                // No key was presented: the server refused to create the session.
+                return Err(StableError::Refused {
+                    unacked: self.replay.len(),
+                });
+            }
+            return Err(lost);
         }
         let key = ResumeKey::from_bytes(hello.resume_key);
         if !self.established {
@@ -744,6 +773,27 @@ mod tests {
     }
 
     #[test]
+    fn large_items_are_acked_before_the_sender_fills_up() {
+        // cfg(): replay_max_bytes 1000, replay_max_frames 8, ack_every 4.
+        let mut p = Pair::new(cfg());
+        p.c.push(Bytes::from(vec![1; 300])).unwrap();
+        let t = p.c.poll_transmit(p.now).unwrap();
+        p.s.handle_frame(p.now, Bytes::from(t.to_vec())).unwrap();
+        // 300 bytes ≥ a quarter of the byte bound: due now, not after ack_delay.
+        assert!(p.s.has_transmit(p.now));
+        assert!(p.s.poll_transmit(p.now).unwrap().is_ack());
+        // Two small items are a quarter of the frame bound (8 / 4), below ack_every.
+        for _ in 0..2 {
+            p.c.push(item(0)).unwrap();
+            let t = p.c.poll_transmit(p.now).unwrap();
+            assert!(!p.s.has_transmit(p.now));
+            p.s.handle_frame(p.now, Bytes::from(t.to_vec())).unwrap();
+        }
+        assert!(p.s.poll_transmit(p.now).unwrap().is_ack());
+        assert_eq!(p.s.received_unacked(), 0);
+    }
+
+    #[test]
     fn piggybacked_acks() {
         let mut p = Pair::new(cfg());
         p.c.push(item(1)).unwrap();
@@ -902,6 +952,20 @@ mod tests {
             p.c.client_hello(p.now),
             Err(StableError::SessionLost { .. })
         ));
+    }
+
+    #[test]
+    fn rejected_new_session_is_refused() {
+        let now = Instant::now();
+        let mut c = Session::client(cfg()).unwrap();
+        c.push(item(0)).unwrap();
+        c.client_hello(now).unwrap();
+        let err = c
+            .handle_server_hello(now, &ServerHello::rejected().to_bytes())
+            .unwrap_err();
+        assert!(matches!(err, StableError::Refused { unacked: 1 }), "{err}");
+        assert!(c.is_lost());
+        assert!(c.client_hello(now).is_err(), "no retry after a refusal");
     }
 
     #[test]
