@@ -20,21 +20,30 @@
 //!
 //! [`LinkTx::reserve`] waits until the ring has room for one inline frame of `inline_max`
 //! bytes **and** a slab slot is free, and holds both: the [`Permit`] owns a ring grant and
-//! a slot. [`Permit::alloc`] then picks: a payload of at most `inline_max` bytes is written
-//! in the ring itself (the slot goes back to the free list), a larger one (up to
-//! `slot_size`) straight into the slab slot — the codec serializes into shared memory, no
-//! copy — and the ring carries an 8-byte reference to it. Anything larger is refused with
+//! the slab (only this half takes slots, so the free slot stays free). [`Permit::alloc`]
+//! then picks: a payload of at most `inline_max` bytes is written in the ring itself, a
+//! larger one (up to `slot_size`) straight into a slab slot — the most recently released
+//! one, still in cache — so the codec serializes into shared memory, no copy, and the ring
+//! carries an 8-byte reference to it. Anything larger is refused with
 //! [`LinkError::TooLarge`] naming `slot_size`. Commit publishes the frame and, only if the
 //! receiver is parked, rings its data-ready doorbell.
 //!
 //! # Receiving
 //!
-//! `recv` copies an inline payload out of the ring (small; the ring space is released at
-//! once) and hands a slab payload out **zero-copy**: a [`Bytes`] over the slot, which goes
+//! `recv` copies an inline payload out of the ring into a receive arena (small; the ring
+//! space is released at once, and published to the sender in batches of a sixteenth of the
+//! ring or when the ring is found empty) and hands a slab payload out **zero-copy**: a [`Bytes`] over the slot, which goes
 //! back to the sender when the last clone of the `Bytes` is dropped. So that a receiver that
 //! keeps many messages alive cannot starve the sender of slots, a slab payload is copied
 //! (and its slot released at once) when `max_held_slots` zero-copy messages are already
-//! alive. `recv` is cancel-safe: a frame is consumed only within a single poll.
+//! alive (with `max_held_slots: 0`, as the hub uses for untrusted guests, every slab payload
+//! is copied out with a raw copy that never forms a reference to the peer-writable slot).
+//! `recv` is cancel-safe: a frame is consumed only within a single poll.
+//!
+//! An inline message is a slice of a 16 KiB arena chunk, which is reused once every
+//! message in it is dropped: a message the application keeps pins its whole chunk. An
+//! application that keeps many small messages for long should copy them
+//! (`Bytes::copy_from_slice`).
 //!
 //! # Waiting
 //!
@@ -956,8 +965,13 @@ impl<'a> Permit for ShmPermit<'a> {
                 });
             }
             // `reserve` saw a free slot and only this permit takes slots; the slot handed out
-            // is the most recently released one, still hot in cache.
-            let slot = slab.try_acquire().map_err(link_err)?.ok_or_else(vanished)?;
+            // is the most recently released one, still hot in cache. A failure here means
+            // shared memory was tampered with: sticky, like every other link error.
+            let slot = match slab.try_acquire() {
+                Ok(Some(slot)) => slot,
+                Ok(None) => return Err(error.get_or_insert(vanished()).clone()),
+                Err(e) => return Err(error.get_or_insert(link_err(e)).clone()),
+            };
             Body::Slab(grant, slot)
         };
         Ok(ShmSlot {
@@ -1125,15 +1139,15 @@ impl ShmRx {
                 let len = u32::try_from(frame.len()).map_err(|_| {
                     LinkError::Corrupt(format!("slab payload length {} too large", frame.len()))
                 })?;
-                let msg = self.slab.take(slot, len).map_err(link_err)?;
-                let wake = frame.release();
-                let msg = if self.slab.held() > self.max_held {
-                    // Too many zero-copy messages alive: copy this one, freeing its slot.
-                    Bytes::copy_from_slice(&msg)
+                let msg = if self.slab.held() >= self.max_held {
+                    // As many zero-copy messages alive as allowed (or none allowed: an
+                    // untrusted peer): copy this one out, freeing its slot at once.
+                    self.slab.take_copied(slot, len)
                 } else {
-                    msg
-                };
-                (Taken::Message(msg), wake)
+                    self.slab.take(slot, len)
+                }
+                .map_err(link_err)?;
+                (Taken::Message(msg), frame.release())
             }
             FrameKind::Close => (Taken::Close, frame.release()),
         };

@@ -51,11 +51,12 @@
 //! A side that finds nothing to do parks: it announces a new park in its parked word, issues
 //! a `SeqCst` fence, re-checks the ring, and sleeps only if there is still nothing to do
 //! ([`RingConsumer::prepare_park`], [`RingProducer::prepare_park`]). A side that publishes
-//! (a commit or a release) stores its index, issues a `SeqCst` fence and then reads the
-//! peer's parked word; if the peer is parked, and this park has not been reported yet, it
-//! returns a [`Wake`] saying the peer must be woken (for example by writing its eventfd). The
-//! two fences make the classic store-buffer pattern safe: either the waiter's re-check sees
-//! the new index, or the notifier sees the announcement, so no wake-up is lost.
+//! (a commit; a release, or a batch of releases — see [`RingConsumer::set_release_batch`])
+//! stores its index, issues a `SeqCst` fence and then reads the peer's parked word; if the
+//! peer is parked, and this park has not been reported yet, it returns a [`Wake`] saying the
+//! peer must be woken (for example by ringing its doorbell). The two fences make the classic
+//! store-buffer pattern safe: either the waiter's re-check sees the new index, or the
+//! notifier sees the announcement, so no wake-up is lost.
 //!
 //! Each parked word has a single writer, its waiter: it holds `(park number << 1) | parked`.
 //! The notifier only reads it and remembers (locally) the last park it reported, so a peer
@@ -228,11 +229,11 @@ pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
         h.tail.0.store(0, Ordering::Relaxed);
         h.consumer_parked.0.store(0, Ordering::Relaxed);
         h.producer_parked.0.store(0, Ordering::Relaxed);
-        // Release fence: pairs with the Acquire loads of `head` and `tail` in
-        // `RingProducer::attach` / `RingConsumer::attach` of an attacher in this process that
-        // synchronises through a later Release store of ours. Across processes the ring
-        // reaches the peer through whatever hands it the region (fd passing, process spawn),
-        // which synchronises by itself.
+        // Release fence: orders the zeroing before every later store of this thread, including
+        // the Release half of whatever hands the ring to its attacher (a channel, a thread
+        // spawn); across processes the hand-off (fd passing, process spawn) synchronises by
+        // itself. (The Acquire loads in `attach` pair with earlier owners' index stores, not
+        // with this fence.)
         fence(Ordering::Release);
     }
     #[cfg(loom)]
@@ -454,7 +455,8 @@ impl RingProducer {
 
     /// Re-reads the consumer's tail and validates it.
     fn refresh_tail(&mut self) -> Result<(), ShmError> {
-        // Acquire: pairs with the consumer's Release store of `tail` in `ReadFrame::release`,
+        // Acquire: pairs with the consumer's Release store of `tail` in
+        // `RingConsumer::publish_tail`,
         // so its reads of the freed bytes happen before we overwrite them.
         let tail = self.ring.header().tail.0.load(Ordering::Acquire);
         let used = self.head.wrapping_sub(tail);
@@ -728,8 +730,10 @@ impl RingConsumer {
     /// are pending, instead of after every frame. A busy consumer then writes the line holding
     /// `tail` — which the producer reads — once per `bytes` rather than once per frame.
     ///
-    /// Clamped to `capacity / 4`, so a producer waiting for room for the largest frame is
-    /// never held back by the batch alone. With a batch, the caller **must** call
+    /// Clamped to `capacity / 4`. Space released but not yet published is invisible to the
+    /// producer: a producer waiting for room (a large frame plus padding at the wrap can
+    /// need almost the whole ring) waits for the consumer's next publication, which comes at
+    /// the latest when the consumer finds the ring empty. With a batch, the caller **must** call
     /// [`flush`](Self::flush) whenever [`try_read`](Self::try_read) returns `Ok(None)`, before
     /// waiting: that is what publishes the last frames of a burst. ([`prepare_park`](
     /// Self::prepare_park) refuses to park — returns `Ok(false)` — while released space is
@@ -994,10 +998,12 @@ impl ReadFrame<'_> {
     pub fn release(self) -> Wake {
         let c = self.consumer;
         c.tail = c.tail.wrapping_add(self.foot);
+        // A wake-up owed by `prepare_park` goes out with the next release or flush.
+        let owed = std::mem::take(&mut c.owed_wake);
         if c.tail.wrapping_sub(c.published_tail) >= c.release_batch {
-            c.publish_tail()
+            Wake(c.publish_tail().is_needed() || owed)
         } else {
-            Wake(false)
+            Wake(owed)
         }
     }
 }
@@ -1278,5 +1284,33 @@ mod tests {
         assert!(rx.flush().is_needed());
         tx.unpark();
         assert!(send(&mut tx, &[9; 24]));
+    }
+
+    #[test]
+    fn an_owed_wake_goes_out_with_the_next_release() {
+        let (mut tx, mut rx, _) = pair(256);
+        // Bring head and the published tail to offset 120 (15 empty frames, no batching).
+        for _ in 0..15 {
+            assert!(send(&mut tx, &[]));
+            let _ = rx.try_read().unwrap().unwrap().release();
+        }
+        rx.set_release_batch(64);
+        // A 32-byte frame at 120..152, read and released but not published (32 < 64).
+        assert!(send(&mut tx, &[1; 24]));
+        let _ = rx.try_read().unwrap().unwrap().release();
+        // The largest frame (128 bytes) at offset 152 needs 104 bytes of padding too: 232 >
+        // the 224 the producer sees free. It parks.
+        assert!(tx.try_grant(120).unwrap().is_none());
+        assert!(tx.prepare_park(120).unwrap());
+        // The consumer finds the ring empty and parks without flushing: refused, and the
+        // publication owes the parked producer a wake-up.
+        assert!(rx.try_read().unwrap().is_none());
+        assert!(!rx.prepare_park().unwrap());
+        tx.unpark();
+        assert!(send(&mut tx, &[2; 120]));
+        // The next release carries the owed wake-up.
+        let f = rx.try_read().unwrap().unwrap();
+        assert_eq!(f.payload(), &[2; 120]);
+        assert!(f.release().is_needed());
     }
 }

@@ -34,6 +34,8 @@ enum Op {
         max_len: u16,
     },
     ProducerUnpark,
+    /// `RingConsumer::flush` (publishes space released in a batch).
+    Flush,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ConsumerUnpark),
         1 => any::<u16>().prop_map(|max_len| Op::ProducerPark { max_len }),
         1 => Just(Op::ProducerUnpark),
+        1 => Just(Op::Flush),
     ]
 }
 
@@ -59,9 +62,18 @@ enum Expected {
 struct Model {
     cap: u64,
     head: u64,
+    /// The consumer's own tail: past released frames and past padding it has skipped.
     tail: u64,
-    /// Queued frames with the bytes (padding included) their release frees.
-    frames: VecDeque<(Expected, u64)>,
+    /// The tail the producer sees (published by a release reaching the batch, a flush, or a
+    /// park on an empty ring).
+    published: u64,
+    /// Release batch in bytes (already clamped to a quarter of the ring).
+    batch: u64,
+    /// A wake-up found by a park's publication, reported by the next release or flush.
+    owed: bool,
+    /// Queued frames with the padding before them (zeroed once the consumer skipped it) and
+    /// their own footprint.
+    frames: VecDeque<(Expected, u64, u64)>,
     consumer_parked: bool,
     producer_parked: bool,
 }
@@ -82,7 +94,13 @@ impl Model {
     }
 
     fn room(&self, foot: u64) -> bool {
-        self.need(foot).0 <= self.cap - (self.head - self.tail)
+        self.need(foot).0 <= self.cap - (self.head - self.published)
+    }
+
+    /// Publishes the consumer's tail; whether the producer's park is reported by it.
+    fn publish(&mut self) -> bool {
+        self.published = self.tail;
+        std::mem::take(&mut self.producer_parked)
     }
 }
 
@@ -92,16 +110,20 @@ fn pattern(seq: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn run_model(cap: usize, ops: Vec<Op>) {
+fn run_model(cap: usize, batch: usize, ops: Vec<Op>) {
     let region = Region::heap(ring::ring_region_size(cap));
     ring::init(&region, cap).unwrap();
     let mut tx = RingProducer::attach(region.clone(), cap).unwrap();
     let mut rx = RingConsumer::attach(region, cap).unwrap();
+    rx.set_release_batch(batch);
     let max_inline = tx.max_inline();
     let mut m = Model {
         cap: cap as u64,
         head: 0,
         tail: 0,
+        published: 0,
+        batch: batch.min(cap / 4) as u64,
+        owed: false,
         frames: VecDeque::new(),
         consumer_parked: false,
         producer_parked: false,
@@ -124,8 +146,8 @@ fn run_model(cap: usize, ops: Vec<Op>) {
                         m.head, m.tail
                     );
                     assert!(
-                        !m.frames.is_empty(),
-                        "an empty ring must grant any inline size"
+                        !m.frames.is_empty() || m.published != m.tail,
+                        "an empty ring whose space is published must grant any inline size"
                     );
                     continue;
                 };
@@ -153,7 +175,7 @@ fn run_model(cap: usize, ops: Vec<Op>) {
                 assert_eq!(wake.is_needed(), m.consumer_parked, "data-ready wake");
                 m.consumer_parked = false;
                 m.head += pad + foot;
-                m.frames.push_back((expected, pad + foot));
+                m.frames.push_back((expected, pad, foot));
             }
             Op::Recv { release } => {
                 let got = rx.try_read().unwrap();
@@ -161,7 +183,10 @@ fn run_model(cap: usize, ops: Vec<Op>) {
                     assert!(m.frames.is_empty(), "frame lost");
                     continue;
                 };
-                let (expected, freed) = m.frames.front().cloned().expect("phantom frame");
+                let (expected, pad, foot) = m.frames.front().cloned().expect("phantom frame");
+                // Reading skips the padding in front of the frame (once).
+                m.tail += pad;
+                m.frames.front_mut().expect("front").1 = 0;
                 let actual = match f.kind() {
                     FrameKind::Inline => Expected::Inline(f.payload().to_vec()),
                     FrameKind::Slab { slot } => Expected::Slab {
@@ -173,16 +198,30 @@ fn run_model(cap: usize, ops: Vec<Op>) {
                 assert_eq!(actual, expected);
                 if release {
                     let wake = f.release();
-                    assert_eq!(wake.is_needed(), m.producer_parked, "space-ready wake");
-                    m.producer_parked = false;
-                    m.tail += freed;
+                    m.tail += foot;
                     m.frames.pop_front();
+                    let owed = std::mem::take(&mut m.owed);
+                    let published = m.tail - m.published >= m.batch && m.publish();
+                    assert_eq!(wake.is_needed(), published || owed, "space-ready wake");
                 }
             }
             Op::ConsumerPark => {
                 let park = rx.prepare_park().unwrap();
-                assert_eq!(park, m.frames.is_empty());
+                let mut expected = m.frames.is_empty();
+                if expected && m.published != m.tail {
+                    // Refuses to sleep on unpublished space; publishes, owes the wake-up.
+                    let reported = m.publish();
+                    m.owed |= reported;
+                    expected = false;
+                }
+                assert_eq!(park, expected);
                 m.consumer_parked = park;
+            }
+            Op::Flush => {
+                let wake = rx.flush();
+                let owed = std::mem::take(&mut m.owed);
+                let published = m.published != m.tail && m.publish();
+                assert_eq!(wake.is_needed(), published || owed, "flush wake");
             }
             Op::ConsumerUnpark => {
                 rx.unpark();
@@ -201,7 +240,7 @@ fn run_model(cap: usize, ops: Vec<Op>) {
         }
     }
     // Drain: everything sent arrives, in order.
-    while let Some((expected, _)) = m.frames.pop_front() {
+    while let Some((expected, _, _)) = m.frames.pop_front() {
         let f = rx.try_read().unwrap().expect("queued frame");
         if let Expected::Inline(data) = expected {
             assert_eq!(f.payload(), &data[..]);
@@ -209,6 +248,7 @@ fn run_model(cap: usize, ops: Vec<Op>) {
         let _ = f.release();
     }
     assert!(rx.try_read().unwrap().is_none());
+    let _ = rx.flush();
     assert!(tx.is_drained().unwrap());
 }
 
@@ -218,7 +258,18 @@ proptest! {
     /// Random grant/commit/abort/read/release/park sequences against a `VecDeque` model.
     #[test]
     fn ring_matches_model(cap_shift in 6u32..11, ops in proptest::collection::vec(op(), 1..300)) {
-        run_model(1 << cap_shift, ops);
+        run_model(1 << cap_shift, 0, ops);
+    }
+
+    /// The same with the consumer publishing released space in batches (up to the clamp of a
+    /// quarter of the ring, and above it to check the clamp).
+    #[test]
+    fn batched_release_matches_model(
+        cap_shift in 6u32..11,
+        batch in 0usize..1024,
+        ops in proptest::collection::vec(op(), 1..300),
+    ) {
+        run_model(1 << cap_shift, batch, ops);
     }
 
     /// Scribbles random bytes over a ring (header and data) in the middle of traffic; every

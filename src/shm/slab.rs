@@ -529,6 +529,43 @@ impl SlabReceiver {
     /// size, the slot is not in flight, or it is already held by a live `Bytes` (the peer sent
     /// it twice).
     pub fn take(&self, slot: u32, len: u32) -> Result<Bytes, ShmError> {
+        self.claim(slot, len)?;
+        Ok(Bytes::from_owner(SlotOwner {
+            shared: Arc::clone(&self.shared),
+            slot,
+            len: len as usize,
+        }))
+    }
+
+    /// Like [`take`](Self::take), but copies the payload out and releases the slot at once.
+    ///
+    /// The copy is a raw copy: no reference to the slot's memory is formed, so this is the
+    /// sound way to read a slot a hostile peer process may rewrite concurrently (the copy
+    /// may then mix old and new bytes, never more or fewer).
+    pub fn take_copied(&self, slot: u32, len: u32) -> Result<Bytes, ShmError> {
+        self.claim(slot, len)?;
+        let slab = &self.shared.slab;
+        slab.state(slot).shadow.read();
+        let mut out = bytes::BytesMut::with_capacity(len as usize);
+        // SAFETY: `claim` validated `slot < slot_count` and `len <= slot_size`, so the source
+        // bytes lie inside the region (kept mapped by `self.shared`); the destination is a
+        // fresh allocation of at least `len` bytes, so the ranges do not overlap. The slot is
+        // IN_FLIGHT and claimed by us: an honest sender does not write it until the FREE
+        // store in `release_slot` below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                slab.slot_ptr(slot).cast_const(),
+                out.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
+                len as usize,
+            );
+            out.set_len(len as usize);
+        }
+        release_slot(&self.shared, slot);
+        Ok(out.freeze())
+    }
+
+    /// Validates a slab reference and marks the slot held by this receiver.
+    fn claim(&self, slot: u32, len: u32) -> Result<(), ShmError> {
         let shared = &self.shared;
         let cfg = shared.slab.cfg;
         if slot >= cfg.slot_count {
@@ -559,11 +596,7 @@ impl SlabReceiver {
                 "slab slot {slot} received twice without being released"
             )));
         }
-        Ok(Bytes::from_owner(SlotOwner {
-            shared: Arc::clone(shared),
-            slot,
-            len: len as usize,
-        }))
+        Ok(())
     }
 
     /// Number of slots currently held by live `Bytes` handed out by this receiver.
@@ -598,28 +631,32 @@ impl AsRef<[u8]> for SlotOwner {
 
 impl Drop for SlotOwner {
     fn drop(&mut self) {
-        let shared = &self.shared;
-        let st = shared.slab.state(self.slot);
-        st.shadow.read();
-        // Relaxed: ordered before the FREE store below by its Release.
-        shared.held[self.slot as usize].store(false, Ordering::Relaxed);
-        // Release: pairs with the sender's Acquire load in `SlabSender::reclaim`; every read
-        // of the slot through this owner happens before the sender reuses it.
-        st.state.store(FREE, Ordering::Release);
-        // SeqCst fence: pairs with the SeqCst fence in `SlabSender::prepare_park`.
-        fence(Ordering::SeqCst);
-        // Relaxed: the parked word carries no data.
-        let word = shared.slab.header().sender_parked.load(Ordering::Relaxed);
-        // Relaxed swap on local memory: exactly one releaser reports each park.
-        if word & 1 == 1 && shared.notified.swap(word, Ordering::Relaxed) != word {
-            let notifier = shared
-                .notifier
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(notify) = notifier {
-                notify();
-            }
+        release_slot(&self.shared, self.slot);
+    }
+}
+
+/// Hands a claimed slot back to the sender (FREE) and wakes it if it is parked.
+fn release_slot(shared: &RxShared, slot: u32) {
+    let st = shared.slab.state(slot);
+    st.shadow.read();
+    // Relaxed: ordered before the FREE store below by its Release.
+    shared.held[slot as usize].store(false, Ordering::Relaxed);
+    // Release: pairs with the sender's Acquire load in `SlabSender::reclaim`; every read
+    // of the slot through this owner happens before the sender reuses it.
+    st.state.store(FREE, Ordering::Release);
+    // SeqCst fence: pairs with the SeqCst fence in `SlabSender::prepare_park`.
+    fence(Ordering::SeqCst);
+    // Relaxed: the parked word carries no data.
+    let word = shared.slab.header().sender_parked.load(Ordering::Relaxed);
+    // Relaxed swap on local memory: exactly one releaser reports each park.
+    if word & 1 == 1 && shared.notified.swap(word, Ordering::Relaxed) != word {
+        let notifier = shared
+            .notifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(notify) = notifier {
+            notify();
         }
     }
 }
