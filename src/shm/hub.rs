@@ -108,7 +108,7 @@
 
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -118,7 +118,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::future::{AbortHandle, Abortable, Aborted, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
@@ -315,6 +315,57 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 type Handshake = BoxFuture<'static, Result<HubGuest, HubError>>;
+/// A connection waiting for its request: its id, and the request (or `Aborted`: evicted).
+type Reading = BoxFuture<'static, (u64, Result<Result<Joining, BootstrapError>, Aborted>)>;
+
+/// Connections whose request is not read yet, oldest first, each abortable.
+#[derive(Default)]
+struct PendingReads {
+    futures: FuturesUnordered<Reading>,
+    /// Live reads by id.
+    aborts: HashMap<u64, AbortHandle>,
+    /// Ids in arrival order (may hold ids of finished reads, skipped when met).
+    order: VecDeque<u64>,
+    next_id: u64,
+}
+
+impl PendingReads {
+    fn len(&self) -> usize {
+        self.aborts.len()
+    }
+
+    /// Aborts the oldest live read (its connection is closed when its future is next
+    /// polled). Whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some(id) = self.order.pop_front() {
+            if let Some(abort) = self.aborts.remove(&id) {
+                abort.abort();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn push(&mut self, incoming: bootstrap::Incoming) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (abort, registration) = AbortHandle::new_pair();
+        self.aborts.insert(id, abort);
+        self.order.push_back(id);
+        // Forget the ids of finished reads now and then (bounded: at most twice the live).
+        if self.order.len() > 2 * self.aborts.len() + 16 {
+            let aborts = &self.aborts;
+            self.order.retain(|id| aborts.contains_key(id));
+        }
+        let read = Abortable::new(incoming.read_request(), registration);
+        self.futures.push(Box::pin(async move { (id, read.await) }));
+    }
+
+    /// Forgets a read that finished.
+    fn finished(&mut self, id: u64) {
+        self.aborts.remove(&id);
+    }
+}
 
 /// The hub: a bootstrap listener, the peer table and each guest's watcher. See the
 /// [module docs](self).
@@ -326,7 +377,11 @@ pub struct Hub {
     listener: BootstrapListener,
     state: Arc<Mutex<State>>,
     config: HubConfig,
-    handshakes: FuturesUnordered<Handshake>,
+    /// Connections waiting for their request (capped; the oldest is evicted).
+    reading: PendingReads,
+    /// Joins whose request was read: being granted or refused (no wait on the guest, each
+    /// bounded by the request timeout; never evicted, so a reserved slot is never lost).
+    granting: FuturesUnordered<Handshake>,
 }
 
 impl fmt::Debug for Hub {
@@ -377,7 +432,8 @@ impl Hub {
                 handshakes_dropped: 0,
             })),
             config,
-            handshakes: FuturesUnordered::new(),
+            reading: PendingReads::default(),
+            granting: FuturesUnordered::new(),
         })
     }
 
@@ -440,37 +496,51 @@ impl Hub {
                     let incoming = match incoming {
                         Ok(i) => i,
                         // A connection that failed before we could read its credentials.
-                        Err(BootstrapError::Io { op: "SO_PEERCRED", .. }) => continue,
+                        Err(BootstrapError::Io { op: "SO_PEERCRED" | "SO_PASSRIGHTS", .. }) => {
+                            continue
+                        }
                         Err(e) => return Err(e.into()),
                     };
-                    if self.handshakes.len() >= self.config.max_pending_handshakes {
-                        drop(incoming);
+                    if self.reading.len() >= self.config.max_pending_handshakes
+                        && self.reading.evict_oldest()
+                    {
                         let dropped = {
                             let mut st = lock(&self.state);
                             st.handshakes_dropped += 1;
                             st.handshakes_dropped
                         };
                         let max = self.config.max_pending_handshakes;
-                        // Every connection at debug level; a warning at the first and at
-                        // every power of two, so a flood cannot flood the log.
-                        tracing::debug!("shm hub: {max} handshakes pending, connection closed");
+                        // Every eviction at debug level; a warning at the first and at every
+                        // power of two, so a flood cannot flood the log.
+                        tracing::debug!(
+                            "shm hub: {max} handshakes pending, closed the oldest connection"
+                        );
                         if dropped.is_power_of_two() {
                             tracing::warn!(
-                                "shm hub {}: {max} handshakes pending, closed a new connection \
-                                 ({dropped} closed so far)",
+                                "shm hub {}: {max} handshakes pending, closed the oldest \
+                                 connection that had not sent its request ({dropped} closed \
+                                 so far)",
                                 self.listener.path().display()
                             );
                         }
-                        continue;
                     }
-                    let state = self.state.clone();
-                    let config = self.config.clone();
-                    self.handshakes.push(Box::pin(async move {
-                        let joining = incoming.read_request().await?;
-                        handshake(joining, state, config).await
-                    }));
+                    self.reading.push(incoming);
                 }
-                Some(done) = self.handshakes.next(), if !self.handshakes.is_empty() => {
+                Some((id, read)) = self.reading.futures.next(), if !self.reading.futures.is_empty() => {
+                    self.reading.finished(id);
+                    match read {
+                        Ok(Ok(joining)) => {
+                            let state = self.state.clone();
+                            let config = self.config.clone();
+                            self.granting
+                                .push(Box::pin(handshake(joining, state, config)));
+                        }
+                        Ok(Err(e)) => tracing::debug!("shm hub: a join failed: {e}"),
+                        // Evicted (counted when evicted); dropping it closed the connection.
+                        Err(Aborted) => {}
+                    }
+                }
+                Some(done) = self.granting.next(), if !self.granting.is_empty() => {
                     match done {
                         Ok(guest) => return Ok(guest),
                         Err(e) => tracing::debug!("shm hub: a join failed: {e}"),
@@ -708,7 +778,9 @@ async fn watch(
 ) {
     let reason = tokio::select! {
         gone = conn.gone() => {
-            if side.fault.is_corrupt() {
+            // A datagram after the handshake (anything but a goodbye, or descriptors) is a
+            // protocol violation: the guest misbehaved, like one that corrupts its ring.
+            if side.fault.is_corrupt() || gone == PeerGone::Violation {
                 DisconnectReason::Corrupt
             } else if gone == PeerGone::Goodbye || side.guest_closed() {
                 DisconnectReason::Clean

@@ -26,6 +26,8 @@ pub mod peers;
 pub mod region;
 pub mod ring;
 #[cfg(not(loom))]
+pub(crate) mod scm;
+#[cfg(not(loom))]
 pub mod segment;
 pub mod slab;
 
