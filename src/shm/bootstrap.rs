@@ -1457,8 +1457,57 @@ fn validate_response(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A blocking `SOCK_SEQPACKET` client connected to `path`.
+    pub(crate) fn raw_seqpacket_connect(path: &Path) -> OwnedFd {
+        let fd = seqpacket_socket().unwrap();
+        let (addr, len) = sockaddr_un(path).unwrap();
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is an open socket.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        assert_eq!(r, 0, "connect: {}", io::Error::last_os_error());
+        set_nonblocking(fd.as_raw_fd(), false).unwrap();
+        fd
+    }
+
+    /// Sends one datagram with one descriptor.
+    pub(crate) fn send_with_fd(
+        fd: BorrowedFd<'_>,
+        bytes: &[u8],
+        pass: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        send_msg(fd.as_raw_fd(), bytes, &[pass])
+    }
+
+    /// Blocking read (at most 30 s) of a response: its status, or `None` if none came.
+    pub(crate) fn read_status(fd: OwnedFd) -> Option<u16> {
+        let tv = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        // SAFETY: `tv` is a live timeval of the size given; `fd` is an open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let mut buf = [0u8; RESPONSE_LEN];
+        let g = recv_guarded(fd.as_raw_fd(), &mut buf, 0).ok()?;
+        assert!(g.fds.is_empty());
+        (g.len == RESPONSE_LEN).then(|| u16::from_le_bytes([buf[10], buf[11]]))
+    }
 
     #[test]
     fn wire_layout_is_fixed() {

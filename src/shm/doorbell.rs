@@ -863,7 +863,8 @@ mod tests {
             bell.ring().unwrap();
             let (tcp, peer) = scm::lingering_socket(120);
             scm::send_fd(bell.as_fd(), tcp.as_fd()).unwrap();
-            scm::drop_detached(tcp);
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
             // The ring queued before it is reported first (a stream read stops after a
             // message with descriptors, not before it).
             let mut results = Vec::new();
@@ -894,7 +895,8 @@ mod tests {
             let (mut a, b) = Liveness::pair().unwrap();
             let (tcp, peer) = scm::lingering_socket(120);
             scm::send_fd(b.state.fd.as_ref().unwrap().as_fd(), tcp.as_fd()).unwrap();
-            scm::drop_detached(tcp);
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
             assert!(a.peer_gone());
             tokio::time::timeout(GUARD, a.gone())
                 .await

@@ -337,12 +337,6 @@ pub(crate) mod test_support {
             Ok(())
         }
     }
-
-    /// Drops a descriptor whose close may block on a detached thread (tests keep their own
-    /// threads free too).
-    pub(crate) fn drop_detached(fd: OwnedFd) {
-        std::thread::spawn(move || drop(fd));
-    }
 }
 
 #[cfg(test)]
@@ -402,7 +396,8 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (tcp, _peer) = lingering_socket(120);
         send_fd(b.as_fd(), tcp.as_fd()).unwrap();
-        drop_detached(tcp);
+        // In flight now: ours is not the last reference, the receiver's will be.
+        drop(tcp);
         let (done_tx, done_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4];
