@@ -31,10 +31,11 @@
 //! a lingering TCP socket blocks it for as long as the peer chose):
 //!
 //! * every socket of this module has `SO_PASSRIGHTS` off where the kernel supports it
-//!   (Linux 6.16+): set on the guest's socket before `connect`, on the hub's listening
-//!   socket before `listen` (connections waiting for `accept` inherit it when they
-//!   connect) and again on each accepted connection. A peer's `sendmsg` with descriptors
-//!   then fails at the peer with `EPERM`;
+//!   (Linux 6.16+), as soon as it may: on the hub's listening socket before `listen`
+//!   (connections waiting for `accept` inherit it when they connect), again on each
+//!   accepted connection, and on the guest's socket once the welcome (which must carry
+//!   descriptors) has arrived. A peer's `sendmsg` with descriptors then fails at the peer
+//!   with `EPERM`;
 //! * every read (the request, the response, the connection after the handshake) is a
 //!   `recvmsg` with room for 253 descriptors (`SCM_MAX_FD`), so the kernel hands them to
 //!   us even on older kernels, including with a request queued before `accept`. They are
@@ -514,11 +515,7 @@ fn seqpacket_socket() -> io::Result<OwnedFd> {
         )
     })?;
     // SAFETY: `fd` was just returned by socket: open and owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Before it is connected or listening: no peer can pass descriptors to it (Linux
-    // 6.16+; a listener's setting is inherited by connections at `connect` time).
-    refuse_passed_fds(fd.as_raw_fd())?;
-    Ok(fd)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn sockaddr_un(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), BootstrapError> {
@@ -870,6 +867,9 @@ impl BootstrapListener {
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
             .map_err(io_err("chmod socket"))?;
+        // Before `listen`: connections inherit it at `connect` time (Linux 6.16+), so a
+        // client cannot slip descriptors in before `accept` either.
+        refuse_passed_fds(fd.as_raw_fd()).map_err(io_err("SO_PASSRIGHTS"))?;
         let backlog = config.backlog.clamp(1, 65535) as libc::c_int;
         // SAFETY: listen takes no pointers; `fd` is a bound socket.
         cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(io_err("listen"))?;
@@ -1358,6 +1358,8 @@ async fn join_inner(
     }
     .map_err(io_err("recvmsg"))?;
     let resp = validate_response(&received, &buf, expected_fds)?;
+    // The welcome was the only message allowed to carry descriptors.
+    refuse_passed_fds(fd.as_raw_fd()).map_err(io_err("SO_PASSRIGHTS"))?;
     Ok(Joined {
         welcome: resp,
         fds: std::mem::take(&mut received.fds),

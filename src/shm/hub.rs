@@ -17,13 +17,35 @@
 //! other's doorbell descriptors, see [`super::doorbell`]). Both sides then build a
 //! [`ShmLink`] over it: the hub is side A, the guest side B.
 //!
-//! Handshakes run concurrently, at most [`HubConfig::max_pending_handshakes`] at once, each
-//! bounded by the bootstrap's request timeout; a connection arriving while that many are
-//! pending is closed at once (counted by [`HubHandle::handshakes_dropped`] and logged), so
-//! silent connections cost a bounded amount of memory and never keep other guests out for
-//! longer than the request timeout. The bootstrap connection stays open for
+//! Handshakes run concurrently. At most [`HubConfig::max_pending_handshakes`] connections
+//! wait for their join request at once, each bounded by the bootstrap's request timeout;
+//! when one more arrives, the **oldest** waiting connection is closed to make room (counted
+//! by [`HubHandle::handshakes_dropped`] and logged). Honest guests send their request right
+//! after connecting, so silent connections cost a bounded amount of memory and evict only
+//! each other: an attacker holding (and renewing) a full cap of silent connections does not
+//! keep a guest out, unless it opens `max_pending_handshakes` new connections between the
+//! guest's connect and the hub's read of its already queued request. A join whose request
+//! was read is never evicted (it is being granted or refused, without waiting on the
+//! guest). The bootstrap connection stays open for
 //! the life of the guest and is each link's liveness socket: its end of file (the guest
 //! closed it or died) fails the hub's link at once, and the hub's watcher task sees it too.
+//!
+//! # Descriptors a guest passes
+//!
+//! A guest may try to send descriptors (`SCM_RIGHTS`) down its doorbells or its bootstrap
+//! connection, to make the hub close a file whose close blocks (a lingering TCP socket)
+//! in an executor thread, or to park its own bootstrap connection in the hub's queue so
+//! that its death goes unseen. On Linux 6.16+ every hub socket a guest can send to has
+//! `SO_PASSRIGHTS` off: the guest's `sendmsg` fails with `EPERM`. On older kernels the hub
+//! takes such descriptors with `recvmsg` (see [`super::doorbell`] and
+//! [`super::bootstrap`]), closes them on a dedicated thread, and evicts the guest with
+//! [`DisconnectReason::Corrupt`]: on a doorbell, its link half fails with
+//! `LinkError::Corrupt`; on the bootstrap connection, the watcher sees
+//! [`PeerGone::Violation`]. Not guaranteed on those older kernels: descriptors sent down a
+//! doorbell are found only when the hub's link half that owns it next waits on it (the
+//! receiving half whenever the application waits in `recv`, the sending half when the ring
+//! or the slab is full), so a guest that parks its own connection there and exits is seen
+//! to leave only then.
 //!
 //! # One segment per guest occupancy
 //!
@@ -166,10 +188,10 @@ pub struct HubConfig {
     /// Default 64; at least 1. When it is full, departed guests keep their slots until
     /// their event can be queued (see the [module docs](self#departure-events-are-bounded-and-never-lost)).
     pub event_capacity: usize,
-    /// Most bootstrap handshakes in progress at once (connections accepted whose join is
-    /// not yet answered; each is bounded by `bootstrap.request_timeout`). A connection
-    /// arriving while this many are pending is closed at once, without an answer (the guest
-    /// sees its join fail and may retry). Default 64; at least 1.
+    /// Most accepted connections waiting for their join request at once (each bounded by
+    /// `bootstrap.request_timeout`). When one more arrives, the oldest waiting connection
+    /// is closed without an answer (that client sees its join fail and may retry), see the
+    /// [module docs](self#joining). Default 64; at least 1.
     pub max_pending_handshakes: usize,
 }
 
@@ -264,7 +286,7 @@ struct State {
     closed: bool,
     /// Where departures go, once `take_events` was called (before that they are dropped).
     events: Option<mpsc::Sender<HubEvent>>,
-    /// Connections closed at once because `max_pending_handshakes` were in progress.
+    /// Waiting connections evicted because `max_pending_handshakes` were waiting.
     handshakes_dropped: u64,
 }
 
@@ -484,9 +506,9 @@ impl Hub {
     }
 
     /// Waits for the next guest to complete its join. Connections are handshaken
-    /// concurrently (a silent client delays nobody), at most
-    /// [`HubConfig::max_pending_handshakes`] at once: a connection beyond that is closed at
-    /// once (counted and logged). A failed handshake is skipped (logged at debug level), so
+    /// concurrently (a silent client delays nobody); at most
+    /// [`HubConfig::max_pending_handshakes`] wait for their request at once: one more
+    /// evicts the oldest (closed, counted and logged). A failed handshake is skipped (logged at debug level), so
     /// this only returns an error when the listener itself fails. Cancel-safe: handshakes
     /// in progress continue at the next call.
     pub async fn accept(&mut self) -> Result<HubGuest, HubError> {
@@ -581,8 +603,9 @@ impl HubHandle {
         lock(&self.state).table.iter().collect()
     }
 
-    /// How many connections were closed at once, since the hub was bound, because
-    /// [`HubConfig::max_pending_handshakes`] handshakes were already in progress.
+    /// How many connections waiting for their join request were closed, since the hub was
+    /// bound, to make room for a newer one ([`HubConfig::max_pending_handshakes`]; the
+    /// oldest waiting connection is closed).
     pub fn handshakes_dropped(&self) -> u64 {
         lock(&self.state).handshakes_dropped
     }

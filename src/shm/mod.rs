@@ -38,3 +38,5 @@ pub use error::ShmError;
 #[cfg(not(loom))]
 pub use link::{ChildHandoff, IdleStrategy, ShmConfig, ShmLink};
 pub use region::Region;
+#[cfg(not(loom))]
+pub use scm::flush_descriptor_closer;

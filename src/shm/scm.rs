@@ -205,36 +205,58 @@ pub(crate) fn recv_guarded(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io:
     }
 }
 
+/// Work for the closer thread.
+enum Job {
+    Close(Vec<OwnedFd>),
+    /// Answered once every job queued before it is done.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The closer thread's queue (`None` if the thread could not be started).
+fn closer() -> &'static Option<Mutex<mpsc::Sender<Job>>> {
+    static CLOSER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tether-fd-closer".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Close(fds) => drop(fds),
+                        Job::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    })
+}
+
 /// Closes descriptors received from a peer on a dedicated thread (`tether-fd-closer`,
 /// started on first use), never on the caller's: closing the last reference of a file can
 /// block for as long as the file wants (a lingering TCP socket, a FUSE file, ...).
 ///
 /// The queue is unbounded in entries but not in descriptors: every queued descriptor is
 /// open in this process, so the descriptor limit bounds it. Descriptors wait behind a
-/// blocking close; they all came from peers that violated the protocol. If no thread can be
-/// started, a one-off thread is tried per call, and if that fails too the descriptors are
-/// closed on the caller's thread (the only case where the caller may block).
+/// blocking close; they all came from peers that violated the protocol. If the thread
+/// cannot be started, a one-off thread is tried per call, and if that fails too the
+/// descriptors are closed on the caller's thread (the only case where the caller may
+/// block).
 pub(crate) fn close_off_thread(fds: Vec<OwnedFd>) {
     if fds.is_empty() {
         return;
     }
-    static CLOSER: OnceLock<Option<Mutex<mpsc::Sender<Vec<OwnedFd>>>>> = OnceLock::new();
-    let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
-        std::thread::Builder::new()
-            .name("tether-fd-closer".into())
-            .spawn(move || {
-                for batch in rx {
-                    drop(batch);
-                }
-            })
-            .ok()
-            .map(|_| Mutex::new(tx))
-    });
-    let fds = match closer {
-        Some(tx) => match tx.lock().unwrap_or_else(|e| e.into_inner()).send(fds) {
+    let fds = match closer() {
+        Some(tx) => match tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Job::Close(fds))
+        {
             Ok(()) => return,
-            Err(mpsc::SendError(fds)) => fds,
+            Err(mpsc::SendError(Job::Close(fds))) => fds,
+            Err(mpsc::SendError(Job::Flush(_))) => return,
         },
         None => fds,
     };
@@ -245,6 +267,29 @@ pub(crate) fn close_off_thread(fds: Vec<OwnedFd>) {
         .spawn(move || drop(theirs.lock().unwrap_or_else(|e| e.into_inner()).take()));
     if spawned.is_err() {
         drop(holder.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// Blocks until every descriptor that a peer sent against the protocol and that was handed
+/// to the closer thread before this call is closed.
+///
+/// Descriptors a peer passes where the protocol allows none (see the `shm` module docs:
+/// doorbells, liveness sockets, bootstrap connections; Linux before 6.16 only, later kernels
+/// refuse them at the sender) and descriptors of a rejected welcome are closed on a
+/// dedicated thread, so that a close that blocks (a lingering TCP socket) never blocks an
+/// executor thread. This waits for that thread: for descriptor-leak checks (tests,
+/// accounting). It blocks as long as a pending close does: never call it on an executor
+/// thread. Returns at once if nothing was ever handed over (or if the closer thread could
+/// not be started: those descriptors are closed by one-off threads, not waited for).
+pub fn flush_descriptor_closer() {
+    let Some(tx) = closer() else { return };
+    let (done_tx, done_rx) = mpsc::channel();
+    let sent = tx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Job::Flush(done_tx));
+    if sent.is_ok() {
+        let _ = done_rx.recv();
     }
 }
 
