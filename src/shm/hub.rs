@@ -340,19 +340,25 @@ type Handshake = BoxFuture<'static, Result<HubGuest, HubError>>;
 /// A connection waiting for its request: its id, and the request (or `Aborted`: evicted).
 type Reading = BoxFuture<'static, (u64, Result<Result<Joining, BootstrapError>, Aborted>)>;
 
-/// Connections whose request is not read yet, oldest first, each abortable.
+/// Handshakes in progress: connections whose request is not read yet (capped, oldest
+/// first, each abortable), and joins being granted.
 #[derive(Default)]
-struct PendingReads {
-    futures: FuturesUnordered<Reading>,
+struct Handshakes {
+    /// Connections waiting for their request.
+    reading: FuturesUnordered<Reading>,
     /// Live reads by id.
     aborts: HashMap<u64, AbortHandle>,
     /// Ids in arrival order (may hold ids of finished reads, skipped when met).
     order: VecDeque<u64>,
     next_id: u64,
+    /// Joins whose request was read: being granted or refused (no wait on the guest, each
+    /// bounded by the request timeout; never evicted, so a reserved slot is never lost).
+    granting: FuturesUnordered<Handshake>,
 }
 
-impl PendingReads {
-    fn len(&self) -> usize {
+impl Handshakes {
+    /// Connections waiting for their request.
+    fn waiting(&self) -> usize {
         self.aborts.len()
     }
 
@@ -380,7 +386,7 @@ impl PendingReads {
             self.order.retain(|id| aborts.contains_key(id));
         }
         let read = Abortable::new(incoming.read_request(), registration);
-        self.futures.push(Box::pin(async move { (id, read.await) }));
+        self.reading.push(Box::pin(async move { (id, read.await) }));
     }
 
     /// Forgets a read that finished.
@@ -399,11 +405,8 @@ pub struct Hub {
     listener: BootstrapListener,
     state: Arc<Mutex<State>>,
     config: HubConfig,
-    /// Connections waiting for their request (capped; the oldest is evicted).
-    reading: PendingReads,
-    /// Joins whose request was read: being granted or refused (no wait on the guest, each
-    /// bounded by the request timeout; never evicted, so a reserved slot is never lost).
-    granting: FuturesUnordered<Handshake>,
+    /// Handshakes in progress. Boxed: keeps `Hub` small (it sits in an enum of listeners).
+    handshakes: Box<Handshakes>,
 }
 
 impl fmt::Debug for Hub {
@@ -454,8 +457,7 @@ impl Hub {
                 handshakes_dropped: 0,
             })),
             config,
-            reading: PendingReads::default(),
-            granting: FuturesUnordered::new(),
+            handshakes: Box::default(),
         })
     }
 
@@ -523,8 +525,8 @@ impl Hub {
                         }
                         Err(e) => return Err(e.into()),
                     };
-                    if self.reading.len() >= self.config.max_pending_handshakes
-                        && self.reading.evict_oldest()
+                    if self.handshakes.waiting() >= self.config.max_pending_handshakes
+                        && self.handshakes.evict_oldest()
                     {
                         let dropped = {
                             let mut st = lock(&self.state);
@@ -546,15 +548,16 @@ impl Hub {
                             );
                         }
                     }
-                    self.reading.push(incoming);
+                    self.handshakes.push(incoming);
                 }
-                Some((id, read)) = self.reading.futures.next(), if !self.reading.futures.is_empty() => {
-                    self.reading.finished(id);
+                Some((id, read)) = self.handshakes.reading.next(), if !self.handshakes.reading.is_empty() => {
+                    self.handshakes.finished(id);
                     match read {
                         Ok(Ok(joining)) => {
                             let state = self.state.clone();
                             let config = self.config.clone();
-                            self.granting
+                            self.handshakes
+                                .granting
                                 .push(Box::pin(handshake(joining, state, config)));
                         }
                         Ok(Err(e)) => tracing::debug!("shm hub: a join failed: {e}"),
@@ -562,7 +565,7 @@ impl Hub {
                         Err(Aborted) => {}
                     }
                 }
-                Some(done) = self.granting.next(), if !self.granting.is_empty() => {
+                Some(done) = self.handshakes.granting.next(), if !self.handshakes.granting.is_empty() => {
                     match done {
                         Ok(guest) => return Ok(guest),
                         Err(e) => tracing::debug!("shm hub: a join failed: {e}"),
