@@ -478,7 +478,9 @@ pub enum PeerGone {
     /// End of file (or `ECONNRESET`: it died before reading what we sent) without a
     /// goodbye: the process closed the socket or died.
     Eof,
-    /// It sent something other than a goodbye (the protocol sends nothing else).
+    /// It sent something other than a goodbye (the protocol sends nothing else), or a
+    /// datagram with descriptors (closed on the closer thread). The hub reports it as
+    /// `DisconnectReason::Corrupt`.
     Violation,
     /// The socket failed (e.g. `ECONNRESET`); the peer is treated as gone.
     Error(io::ErrorKind),

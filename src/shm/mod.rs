@@ -5,7 +5,8 @@
 //!
 //! See `SHM_API.md` and the module docs of [`ring`] and [`slab`]; for the link, of
 //! [`segment`] (memfd, layout validation), [`doorbell`] (socket-pair doorbells, liveness
-//! socket) and
+//! socket, and the defences against descriptors a peer passes on a socket we read, whose
+//! closes run on a closer thread: [`flush_descriptor_closer`]) and
 //! [`link`] (the [`Link`](crate::links::Link) itself, parent/child handoff).
 //!
 //! Modules that need `unsafe` opt in with `#![allow(unsafe_code)]` themselves.
