@@ -34,6 +34,18 @@
 //!   before anything listens (`NotFound`), `listen` + `connect` exchange a message; a hub
 //!   with one slot refuses a second guest with `Refused { Full }`.
 //!
+//! * `fd_passing_guest_cannot_block_the_hub_or_hide_its_death` — a guest sends a TCP
+//!   socket whose close lingers 120 s down its doorbells and its bootstrap connection, then
+//!   sends its own bootstrap connection into a doorbell and exits without a goodbye. On
+//!   Linux 6.16+ every such `sendmsg` fails in the guest (`EPERM`, `SO_PASSRIGHTS` off on
+//!   the hub's ends) and the guest's exit is `Crashed`; on older kernels the hub takes the
+//!   descriptors, evicts the guest as `Corrupt` and closes them off its thread. Either way
+//!   the hub (one thread, watchdog) is never blocked, `Left` arrives, an echo guest is
+//!   served meanwhile.
+//! * `full_cap_of_silent_connections_does_not_lock_out_guests` — `max_pending_handshakes`
+//!   silent connections held open (request timeout far beyond the deadlock guard): a
+//!   real guest still joins, because the oldest pending handshake is evicted for it.
+//!
 //! No wall-clock assertion: every wait has a generous deadlock guard.
 
 #![cfg(all(target_os = "linux", feature = "actors"))]
@@ -587,6 +599,153 @@ fn hostile_guest_cannot_block_or_starve_the_hub() {
     });
 }
 
+/// Whether this kernel has `SO_PASSRIGHTS` (Linux 6.16+): probed on a throw-away pair.
+fn kernel_has_passrights() -> bool {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let off: libc::c_int = 0;
+    // SAFETY: `off` is a live int of the size given; `a` is open. 83 is SO_PASSRIGHTS
+    // (asm-generic; x86_64 and aarch64 use it).
+    unsafe {
+        libc::setsockopt(
+            a.as_raw_fd(),
+            libc::SOL_SOCKET,
+            83,
+            (&off as *const libc::c_int).cast(),
+            4,
+        ) == 0
+    }
+}
+
+fn fd_passing_guest_cannot_block_the_hub_or_hide_its_death() {
+    let _watchdog = Watchdog::arm("fd-passing guest test", Duration::from_secs(90));
+    current_thread().block_on(async {
+        let config = HubConfig {
+            max_guests: 2,
+            ..Default::default()
+        };
+        let mut hub = Hub::bind(hub_path("fdpass"), config).expect("bind");
+        let mut events = hub.take_events();
+        let mut cmd = guest_command("fd_passer");
+        cmd.stdout(Stdio::piped());
+        let mut passer = hub.spawn(cmd).expect("spawn fd passer");
+        let hosted = guard("accept passer", hub.accept()).await.expect("accept");
+        // The hub's link to it: a receiver waiting on its data doorbell, and a sender that
+        // fills the ring and then waits on its space doorbell (the one the guest stuffs
+        // its own connection into).
+        let (mut htx, mut hrx) = hosted.link.split();
+        let sender = tokio::spawn(async move {
+            loop {
+                if let Err(e) = send_bytes(&mut htx, &[0x5a; 100]).await {
+                    return e;
+                }
+            }
+        });
+        let receiver = tokio::spawn(async move {
+            loop {
+                match hrx.recv().await {
+                    Ok(Some(_)) => {}
+                    other => return other,
+                }
+            }
+        });
+        // An honest guest is served by the same thread meanwhile.
+        let echo = hub.spawn(guest_command("raw_echo")).expect("spawn echo");
+        let honest = guard("accept echo", hub.accept()).await.expect("accept");
+        let (mut etx, mut erx) = honest.link.split();
+        let mut echoed = 0u32;
+        while let Some(m) = guard("echo recv", erx.recv()).await.expect("echo link") {
+            send_bytes(&mut etx, &m).await.expect("echo back");
+            echoed += 1;
+        }
+        assert_eq!(echoed, RAW_ECHOES);
+        assert!(wait_all(vec![echo]).await[0], "the echo guest failed");
+
+        let stdout = passer.stdout.take().unwrap();
+        let report = guard(
+            "fd passer report",
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .map(|_| line)
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(wait_all(vec![passer]).await[0], "the fd passer failed");
+        let refused = kernel_has_passrights();
+        let expected = if refused {
+            "bell=EPERM space=EPERM conn=EPERM own_conn=EPERM"
+        } else {
+            "bell=sent space=sent conn=sent own_conn=sent"
+        };
+        assert_eq!(report.trim(), expected);
+        // Gone, promptly, although its connection may be in flight in our doorbell.
+        let mut left = Vec::new();
+        while left.len() < 2 {
+            match guard("left", events.recv()).await.unwrap() {
+                HubEvent::Left { peer, reason } => left.push((peer, reason)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            left.contains(&(honest.peer, DisconnectReason::Clean)),
+            "{left:?}"
+        );
+        let reason = if refused {
+            DisconnectReason::Crashed
+        } else {
+            DisconnectReason::Corrupt
+        };
+        assert!(left.contains(&(hosted.peer, reason)), "{left:?}");
+        let err = guard("hub sender ends", sender).await.unwrap();
+        assert!(
+            matches!(err, LinkError::Closed | LinkError::Corrupt(_)),
+            "sender: {err}"
+        );
+        let end = guard("hub receiver ends", receiver).await.unwrap();
+        assert!(end.is_err(), "receiver: {end:?}");
+        assert_eq!(hub.free_slots(), 2);
+    });
+}
+
+fn full_cap_of_silent_connections_does_not_lock_out_guests() {
+    current_thread().block_on(async {
+        let config = HubConfig {
+            max_pending_handshakes: 4,
+            bootstrap: BootstrapConfig {
+                // Far beyond the deadlock guard: no silent connection times out in time.
+                request_timeout: Duration::from_secs(600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let path = hub_path("silentcap");
+        let mut hub = Hub::bind(&path, config).expect("bind");
+        // The attacker's silent connections fill the cap (accepted first: FIFO backlog).
+        let silent: Vec<_> = (0..4).map(|_| shm_common::raw_connect(&path)).collect();
+        let guest = tokio::spawn(ShmConnector::connect(path.clone()));
+        let hosted = guard("accept", hub.accept()).await.expect("accept");
+        let link = guard("join", guest).await.unwrap().expect("join");
+        let (mut gtx, _grx) = link.split();
+        let (_htx, mut hrx) = hosted.link.split();
+        send_bytes(&mut gtx, b"through").await.unwrap();
+        let got = guard("recv", hrx.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"through"[..]));
+        // The oldest silent connection made room, and was closed.
+        assert_eq!(hub.handshakes_dropped(), 1);
+        let first = silent.into_iter().next().unwrap();
+        let end = guard(
+            "oldest closed",
+            tokio::task::spawn_blocking(move || shm_common::raw_recv(&first).len()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(end, 0);
+    });
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -715,7 +874,8 @@ fn undrained_departures_hold_slots_and_are_never_lost() {
         for _ in 0..3 {
             match guard("left", events.recv()).await.expect("events open") {
                 HubEvent::Left { peer, reason } => {
-                    assert_eq!(reason, DisconnectReason::Crashed);
+                    // `leave` sends a datagram the protocol never sends: a violation.
+                    assert_eq!(reason, DisconnectReason::Corrupt);
                     left.push(peer);
                 }
                 other => panic!("unexpected {other:?}"),
@@ -1000,6 +1160,134 @@ fn hostile_guest() -> Result<(), String> {
     }
 }
 
+/// Sends one byte with `pass` in an `SCM_RIGHTS` message on `sock` (non-blocking).
+fn try_send_fd(sock: std::os::fd::BorrowedFd<'_>, pass: std::os::fd::RawFd) -> std::io::Result<()> {
+    let byte = [1u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+    // SAFETY: the 32-byte, 8-aligned control buffer holds CMSG_SPACE(4) = 24 bytes: one
+    // header and one descriptor.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+        libc::CMSG_DATA(c)
+            .cast::<libc::c_int>()
+            .write_unaligned(pass);
+    }
+    // SAFETY: `msg` points at live buffers; `sock` is open.
+    let n = unsafe {
+        libc::sendmsg(
+            sock.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A TCP socket whose last close lingers `secs`: connected over loopback to a peer that
+/// never reads, its send buffer full, `SO_LINGER {1, secs}`. Keep the peer: closing it
+/// resets the connection and ends the linger.
+fn lingering_socket(secs: i32) -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut s = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    s.set_nonblocking(true).unwrap();
+    let chunk = [0x55u8; 65536];
+    loop {
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the TCP socket: {e}"),
+        }
+    }
+    set_linger(&s, secs);
+    (s, peer)
+}
+
+fn set_linger(s: &std::net::TcpStream, secs: i32) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: secs,
+    };
+    // SAFETY: `linger` is live and sized as given; the socket is open.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// Fd-passing guest: joins with the raw bootstrap, then sends a TCP socket lingering 120 s
+/// down its data doorbell, its space doorbell and its bootstrap connection, and finally its
+/// own bootstrap connection down the space doorbell. Prints what became of each send
+/// (`EPERM` or `sent`) and exits without a goodbye, its connection possibly in flight.
+fn fd_passer_guest() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let c = ShmConnector::from_env().map_err(|e| e.to_string())?;
+    let token: u64 = std::env::var(actix_tether::shm::hub::HUB_TOKEN_ENV)
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|_| "bad token")?;
+    let req = JoinRequest {
+        layout_version: LAYOUT_VERSION,
+        token,
+    };
+    let joined = rt
+        .block_on(bootstrap::join(
+            c.path(),
+            &req,
+            5,
+            &BootstrapConfig::default(),
+        ))
+        .map_err(|e| e.to_string())?;
+    drop(rt);
+    let conn = joined.conn.into_owned_fd();
+    let (tcp, peer) = lingering_socket(120);
+    let outcome = |r: std::io::Result<()>| match r {
+        Ok(()) => Ok("sent".to_string()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok("EPERM".to_string()),
+        Err(e) => Err(format!("sendmsg: {e}")),
+    };
+    // fds: segment, data A→B, space A→B (our notifier), data B→A (our notifier), space B→A.
+    let bell = outcome(try_send_fd(joined.fds[3].as_fd(), tcp.as_raw_fd()))?;
+    let space = outcome(try_send_fd(joined.fds[2].as_fd(), tcp.as_raw_fd()))?;
+    let on_conn = outcome(try_send_fd(conn.as_fd(), tcp.as_raw_fd()))?;
+    let own = outcome(try_send_fd(joined.fds[2].as_fd(), conn.as_raw_fd()))?;
+    println!("bell={bell} space={space} conn={on_conn} own_conn={own}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Our own copy must not linger at exit (if the hub has one, its close lingers there,
+    // off its executor, until `peer` goes with this process and resets the connection).
+    set_linger(&tcp, 0);
+    drop(tcp);
+    drop(peer);
+    std::process::exit(0);
+}
+
 /// Raw echo guest: `RAW_ECHOES` round trips over its `ShmLink` (no actors), each checked,
 /// then closes its link.
 async fn raw_echo_guest() -> Result<(), String> {
@@ -1023,8 +1311,13 @@ async fn raw_echo_guest() -> Result<(), String> {
 }
 
 fn guest_main(role: &str) -> ExitCode {
-    if role == "hostile" {
-        return match hostile_guest() {
+    if role == "hostile" || role == "fd_passer" {
+        let run = if role == "hostile" {
+            hostile_guest
+        } else {
+            fd_passer_guest
+        };
+        return match run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 let _ = writeln!(std::io::stderr(), "guest {role}: {e}");
@@ -1057,7 +1350,15 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(GUEST_ENV) {
         return guest_main(&role);
     }
-    let tests: [(&str, fn()); 9] = [
+    let tests: [(&str, fn()); 11] = [
+        (
+            "fd_passing_guest_cannot_block_the_hub_or_hide_its_death",
+            fd_passing_guest_cannot_block_the_hub_or_hide_its_death,
+        ),
+        (
+            "full_cap_of_silent_connections_does_not_lock_out_guests",
+            full_cap_of_silent_connections_does_not_lock_out_guests,
+        ),
         (
             "excess_pending_handshakes_are_closed_at_once",
             excess_pending_handshakes_are_closed_at_once,

@@ -24,6 +24,26 @@
 //! (`MSG_CMSG_CLOEXEC`). All sockets are non-blocking and driven by tokio's [`AsyncFd`]: no
 //! call blocks an executor thread.
 //!
+//! # Descriptors the peer was not asked for
+//!
+//! Only the hub's welcome carries descriptors. Against a peer that sends some anyway (the
+//! kernel would otherwise release them inside our `recv`, closing them in our thread —
+//! a lingering TCP socket blocks it for as long as the peer chose):
+//!
+//! * every socket of this module has `SO_PASSRIGHTS` off where the kernel supports it
+//!   (Linux 6.16+), as soon as it may: on the hub's listening socket before `listen`
+//!   (connections waiting for `accept` inherit it when they connect), again on each
+//!   accepted connection, and on the guest's socket once the welcome (which must carry
+//!   descriptors) has arrived. A peer's `sendmsg` with descriptors then fails at the peer
+//!   with `EPERM`;
+//! * every read (the request, the response, the connection after the handshake) is a
+//!   `recvmsg` with room for 253 descriptors (`SCM_MAX_FD`), so the kernel hands them to
+//!   us even on older kernels, including with a request queued before `accept`. They are
+//!   closed on a dedicated closer thread, never on the caller's, and the message is
+//!   rejected: a request with descriptors is refused as malformed
+//!   ([`BootstrapError::UnexpectedAncillary`]), a datagram after the handshake is
+//!   [`PeerGone::Violation`].
+//!
 //! The set of descriptors is opaque to this module: the hub passes any borrowed descriptors
 //! ([`Joining::welcome`]), the guest says how many it expects ([`join`]) and gets them back
 //! as a `Vec<OwnedFd>` in the same order. Their kinds are checked by whoever uses them (the
@@ -115,6 +135,8 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::scm::{close_off_thread, recv_guarded, refuse_passed_fds};
 
 /// Magic tag of a join request.
 pub const REQUEST_MAGIC: [u8; 8] = *b"TTHRJOIN";
@@ -456,7 +478,9 @@ pub enum PeerGone {
     /// End of file (or `ECONNRESET`: it died before reading what we sent) without a
     /// goodbye: the process closed the socket or died.
     Eof,
-    /// It sent something other than a goodbye (the protocol sends nothing else).
+    /// It sent something other than a goodbye (the protocol sends nothing else), or a
+    /// datagram with descriptors (closed on the closer thread). The hub reports it as
+    /// `DisconnectReason::Corrupt`.
     Violation,
     /// The socket failed (e.g. `ECONNRESET`); the peer is treated as gone.
     Error(io::ErrorKind),
@@ -624,74 +648,46 @@ struct Received {
     len: usize,
     /// `MSG_TRUNC`: the datagram was longer than the buffer.
     truncated: bool,
-    /// `MSG_CTRUNC`: control data did not fit (the kernel closed what did not fit).
+    /// `MSG_CTRUNC`: control data did not fit (the kernel released what did not fit).
     ctrunc: bool,
     /// A control message other than `SCM_RIGHTS` arrived.
     foreign_cmsg: bool,
-    /// Every received descriptor, owned (closed on drop), close-on-exec.
+    /// Every received descriptor, owned, close-on-exec. Those still here when the
+    /// `Received` is dropped are closed on the closer thread, never on the caller's.
     fds: Vec<OwnedFd>,
 }
 
-/// Receives one datagram into `buf` and up to `max_fds` descriptors. Non-blocking.
-fn recv_msg(fd: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let space = if max_fds == 0 { 0 } else { cmsg_space(max_fds) };
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if space > 0 {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+impl Received {
+    /// Whether the datagram carried ancillary data of any kind.
+    fn has_ancillary(&self) -> bool {
+        self.ctrunc || self.foreign_cmsg || !self.fds.is_empty()
     }
-    // SAFETY: `msg` points at `iov` (valid for `buf.len()` bytes of writing) and at a
-    // control buffer of `space` bytes (8-aligned); both outlive the call. MSG_TRUNC makes
-    // the return value the datagram's real length.
-    let len = cvt_size(unsafe {
-        libc::recvmsg(
-            fd,
-            &mut msg,
-            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-        )
-    })?;
-    let mut out = Received {
-        len,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0 || len > buf.len(),
-        ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
-        foreign_cmsg: false,
-        fds: Vec::new(),
-    };
-    if space == 0 {
-        return Ok(out);
+
+    /// End of file: nothing at all arrived. (A zero-length datagram looks the same.)
+    fn is_eof(&self) -> bool {
+        self.len == 0 && !self.has_ancillary()
     }
-    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/CMSG_NXTHDR only
-    // return headers that lie entirely within msg_controllen bytes of the buffer (or null).
-    // For an SCM_RIGHTS header, cmsg_len - CMSG_LEN(0) bytes of descriptors follow
-    // CMSG_DATA within the header's extent; each is read unaligned and wrapped in an
-    // OwnedFd at once (the kernel installed it in our table and we are its only owner).
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let hdr = &*cmsg;
-            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
-                let data_len = (hdr.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                let n = data_len / size_of::<RawFd>();
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..n {
-                    let raw = data.add(i).read_unaligned();
-                    out.fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            } else {
-                out.foreign_cmsg = true;
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        close_off_thread(std::mem::take(&mut self.fds));
     }
-    Ok(out)
+}
+
+/// Receives one datagram into `buf`, and any descriptors that came with it (up to
+/// `SCM_MAX_FD`, the most one message can carry: the kernel never has to release any in
+/// this thread, see [`super::scm`]). Non-blocking.
+fn recv_msg(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    // MSG_TRUNC makes the length the datagram's real length.
+    let g = recv_guarded(fd, buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC)?;
+    Ok(Received {
+        len: g.len,
+        truncated: g.flags & libc::MSG_TRUNC != 0 || g.len > buf.len(),
+        ctrunc: g.flags & libc::MSG_CTRUNC != 0,
+        foreign_cmsg: g.foreign_cmsg,
+        fds: g.fds,
+    })
 }
 
 async fn send_async(
@@ -708,14 +704,10 @@ async fn send_async(
     }
 }
 
-async fn recv_async(
-    afd: &AsyncFd<OwnedFd>,
-    buf: &mut [u8],
-    max_fds: usize,
-) -> io::Result<Received> {
+async fn recv_async(afd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<Received> {
     loop {
         let mut guard = afd.readable().await?;
-        match guard.try_io(|fd| recv_msg(fd.as_raw_fd(), buf, max_fds)) {
+        match guard.try_io(|fd| recv_msg(fd.as_raw_fd(), buf)) {
             Ok(result) => return result,
             Err(_would_block) => continue,
         }
@@ -877,6 +869,9 @@ impl BootstrapListener {
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
             .map_err(io_err("chmod socket"))?;
+        // Before `listen`: connections inherit it at `connect` time (Linux 6.16+), so a
+        // client cannot slip descriptors in before `accept` either.
+        refuse_passed_fds(fd.as_raw_fd()).map_err(io_err("SO_PASSRIGHTS"))?;
         let backlog = config.backlog.clamp(1, 65535) as libc::c_int;
         // SAFETY: listen takes no pointers; `fd` is a bound socket.
         cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(io_err("listen"))?;
@@ -935,6 +930,9 @@ impl BootstrapListener {
                 Err(_would_block) => continue,
             }
         };
+        // Inherited from the listener on Linux 6.16+ already; set again in case the
+        // listener's option was changed. Older kernels: see `read_request`.
+        refuse_passed_fds(fd.as_raw_fd()).map_err(io_err("SO_PASSRIGHTS"))?;
         let cred = peer_cred(fd.as_fd()).map_err(io_err("SO_PEERCRED"))?;
         let fd = register(fd)?;
         Ok(Incoming {
@@ -1027,7 +1025,9 @@ impl Incoming {
     pub async fn read_request(self) -> Result<Joining, BootstrapError> {
         let after = self.config.request_timeout;
         let mut buf = [0u8; REQUEST_LEN];
-        let received = tokio::time::timeout(after, recv_async(&self.fd, &mut buf, 0))
+        // A request queued before the accepted socket's SO_PASSRIGHTS was set may carry
+        // descriptors (kernels before 6.16): they are taken and closed off this thread.
+        let received = tokio::time::timeout(after, recv_async(&self.fd, &mut buf))
             .await
             .map_err(|_| BootstrapError::RequestTimeout { after })?
             .map_err(io_err("recvmsg"))?;
@@ -1036,7 +1036,7 @@ impl Incoming {
             refuse_now(&self.fd, RefuseReason::Malformed, 0);
             Err(e)
         };
-        if received.len == 0 && !received.ctrunc {
+        if received.is_eof() {
             return Err(BootstrapError::Closed { what });
         }
         // Checked after the request is read: closing a connection with unread data would
@@ -1045,7 +1045,7 @@ impl Incoming {
             refuse_now(&self.fd, RefuseReason::PermissionDenied, 0);
             return Err(e);
         }
-        if received.ctrunc || received.foreign_cmsg || !received.fds.is_empty() {
+        if received.has_ancillary() {
             return malformed(BootstrapError::UnexpectedAncillary {
                 what,
                 reason: "a join request carries no ancillary data",
@@ -1210,13 +1210,15 @@ impl BootstrapConn {
                 }
             };
             let mut buf = [0u8; GOODBYE_LEN];
-            let res = guard.try_io(|fd| recv_msg(fd.as_raw_fd(), &mut buf, 0));
+            // Descriptors sent with a datagram are a violation; `Received` closes them on
+            // the closer thread.
+            let res = guard.try_io(|fd| recv_msg(fd.as_raw_fd(), &mut buf));
             let gone = match res {
                 Err(_would_block) => continue,
                 // A peer that dies with our datagrams unread resets the connection.
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => PeerGone::Eof,
                 Ok(Err(e)) => PeerGone::Error(e.kind()),
-                Ok(Ok(r)) if r.len == 0 && !r.ctrunc => PeerGone::Eof,
+                Ok(Ok(r)) if r.is_eof() => PeerGone::Eof,
                 Ok(Ok(r)) if is_goodbye(&r, &buf) => PeerGone::Goodbye,
                 Ok(Ok(_)) => PeerGone::Violation,
             };
@@ -1258,7 +1260,7 @@ impl AsFd for BootstrapConn {
 }
 
 fn is_goodbye(r: &Received, buf: &[u8; GOODBYE_LEN]) -> bool {
-    if r.len != GOODBYE_LEN || r.truncated || r.ctrunc || r.foreign_cmsg || !r.fds.is_empty() {
+    if r.len != GOODBYE_LEN || r.truncated || r.has_ancillary() {
         return false;
     }
     match GoodbyeWire::read_from_bytes(&buf[..]) {
@@ -1349,20 +1351,20 @@ async fn join_inner(
         }
     }
     let mut buf = [0u8; RESPONSE_LEN];
-    // Room for MAX_FDS descriptors, so that a wrong count is reported exactly; more than that
-    // sets MSG_CTRUNC (the kernel closes the rest).
-    let received = match recv_async(&fd, &mut buf, MAX_FDS).await {
+    // Room for SCM_MAX_FD descriptors: a wrong count is reported exactly, and the kernel
+    // never releases any in this thread.
+    let mut received = match recv_async(&fd, &mut buf).await {
         // A reset is reported once, before data still queued (the hub's answer): read again.
-        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-            recv_async(&fd, &mut buf, MAX_FDS).await
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => recv_async(&fd, &mut buf).await,
         other => other,
     }
     .map_err(io_err("recvmsg"))?;
     let resp = validate_response(&received, &buf, expected_fds)?;
+    // The welcome was the only message allowed to carry descriptors.
+    refuse_passed_fds(fd.as_raw_fd()).map_err(io_err("SO_PASSRIGHTS"))?;
     Ok(Joined {
         welcome: resp,
-        fds: received.fds,
+        fds: std::mem::take(&mut received.fds),
         conn: BootstrapConn {
             fd,
             cred,
@@ -1378,7 +1380,7 @@ fn validate_response(
     expected_fds: usize,
 ) -> Result<Welcome, BootstrapError> {
     let what = "response";
-    if received.len == 0 && !received.ctrunc && received.fds.is_empty() {
+    if received.is_eof() {
         return Err(BootstrapError::Closed { what });
     }
     if received.truncated || received.len != RESPONSE_LEN {
@@ -1391,7 +1393,7 @@ fn validate_response(
     if received.ctrunc {
         return Err(BootstrapError::UnexpectedAncillary {
             what,
-            reason: "more descriptors than MAX_FDS (control data truncated)",
+            reason: "control data truncated",
         });
     }
     if received.foreign_cmsg {
@@ -1459,8 +1461,57 @@ fn validate_response(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A blocking `SOCK_SEQPACKET` client connected to `path`.
+    pub(crate) fn raw_seqpacket_connect(path: &Path) -> OwnedFd {
+        let fd = seqpacket_socket().unwrap();
+        let (addr, len) = sockaddr_un(path).unwrap();
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is an open socket.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        assert_eq!(r, 0, "connect: {}", io::Error::last_os_error());
+        set_nonblocking(fd.as_raw_fd(), false).unwrap();
+        fd
+    }
+
+    /// Sends one datagram with one descriptor.
+    pub(crate) fn send_with_fd(
+        fd: BorrowedFd<'_>,
+        bytes: &[u8],
+        pass: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        send_msg(fd.as_raw_fd(), bytes, &[pass])
+    }
+
+    /// Blocking read (at most 30 s) of a response: its status, or `None` if none came.
+    pub(crate) fn read_status(fd: OwnedFd) -> Option<u16> {
+        let tv = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        // SAFETY: `tv` is a live timeval of the size given; `fd` is an open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let mut buf = [0u8; RESPONSE_LEN];
+        let g = recv_guarded(fd.as_raw_fd(), &mut buf, 0).ok()?;
+        assert!(g.fds.is_empty());
+        (g.len == RESPONSE_LEN).then(|| u16::from_le_bytes([buf[10], buf[11]]))
+    }
 
     #[test]
     fn wire_layout_is_fixed() {

@@ -57,6 +57,32 @@
 //!   to the sender's own socket buffer, so a peer that floods our waiting end spends its
 //!   own memory, bounded by its `SO_SNDBUF`.
 //!
+//! ## Descriptors sent by the peer
+//!
+//! A Unix socket also carries descriptors (`SCM_RIGHTS`). A plain `recv` would make the
+//! kernel release any that arrive inside our call — closing them in our thread if ours
+//! was the last reference, which for a lingering TCP socket blocks the executor thread for
+//! as long as the peer chose — and a descriptor left in our queue keeps its file open (a
+//! guest could park its own bootstrap connection there to hide its death). So (see
+//! `scm.rs` for the details):
+//!
+//! * **`SO_PASSRIGHTS` is off** on both ends of every pair, set by [`pair`] and
+//!   [`Liveness::pair`] before any end is handed out, and again by every `from_fd`: on
+//!   Linux 6.16+ the peer's `sendmsg` with descriptors fails at the peer (`EPERM`) and
+//!   nothing reaches us. Older kernels do not know the option; that is not an error.
+//! * **Every read is a `recvmsg` with `MSG_CMSG_CLOEXEC` and room for 253 descriptors**
+//!   (`SCM_MAX_FD`, the most one message carries): the kernel hands them to us instead of
+//!   releasing them. Any descriptor (or other control message) on a doorbell is a protocol
+//!   violation: [`DoorbellWaiter::wait`] returns [`LinkError::Corrupt`] from then on, so
+//!   the link fails like a link whose peer corrupted its ring (the hub evicts the guest
+//!   with `DisconnectReason::Corrupt`). On a liveness socket it counts as the peer gone.
+//!   The descriptors are closed on a dedicated thread (`tether-fd-closer`), never on the
+//!   caller's.
+//!
+//! Not defended: on kernels before 6.16, descriptors stay in our queue until the waiter
+//! drains it, i.e. until the link half that owns the doorbell waits on it; and a process
+//! at its descriptor limit cannot take them (the kernel then releases them in our thread).
+//!
 //! # Liveness
 //!
 //! A [`Liveness`] is one end of a Unix `socketpair` whose other end the peer holds. Nothing is
@@ -72,6 +98,7 @@ use std::task::{ready, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::scm::{close_off_thread, recv_guarded, refuse_passed_fds};
 use crate::links::LinkError;
 
 /// Most bytes (pending rings) one wake-up of a [`DoorbellWaiter`] drains: 4 KiB, in at most
@@ -110,6 +137,10 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Before either end leaves this function: nobody can pass descriptors to the waiting
+    // end (nor to the notifier, which never reads) on kernels that support it.
+    refuse_passed_fds(waiter.as_raw_fd())?;
+    refuse_passed_fds(notifier.as_raw_fd())?;
     Ok((notifier, waiter))
 }
 
@@ -121,12 +152,13 @@ pub struct Doorbell {
 
 impl Doorbell {
     /// Wraps a notifying end (made by [`pair`], inherited or passed over a socket). Makes it
-    /// non-blocking and close-on-exec. Fails unless it is an `AF_UNIX` `SOCK_STREAM`
-    /// socket.
+    /// non-blocking and close-on-exec, and turns `SO_PASSRIGHTS` off where the kernel has
+    /// it. Fails unless it is an `AF_UNIX` `SOCK_STREAM` socket.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Doorbell> {
         check_unix_stream(fd.as_raw_fd())?;
         set_nonblocking(fd.as_raw_fd())?;
         set_cloexec(fd.as_raw_fd(), true)?;
+        refuse_passed_fds(fd.as_raw_fd())?;
         Ok(Doorbell { fd })
     }
 
@@ -233,19 +265,24 @@ pub struct DoorbellWaiter {
     state: LazyFd,
     /// End of file was seen (and reported once as a wake-up).
     eof_seen: bool,
+    /// The peer sent descriptors: the doorbell is failed for good.
+    violated: bool,
 }
 
 impl DoorbellWaiter {
     /// Wraps a waiting end (made by [`pair`], inherited or passed over a socket). Makes it
-    /// non-blocking and close-on-exec. Fails unless it is an `AF_UNIX` `SOCK_STREAM`
-    /// socket.
+    /// non-blocking and close-on-exec, and turns `SO_PASSRIGHTS` off where the kernel has
+    /// it (an end made by [`pair`] has it off already, before the peer got its end). Fails
+    /// unless it is an `AF_UNIX` `SOCK_STREAM` socket.
     pub fn from_fd(fd: OwnedFd) -> io::Result<DoorbellWaiter> {
         check_unix_stream(fd.as_raw_fd())?;
         set_nonblocking(fd.as_raw_fd())?;
         set_cloexec(fd.as_raw_fd(), true)?;
+        refuse_passed_fds(fd.as_raw_fd())?;
         Ok(DoorbellWaiter {
             state: LazyFd::new(fd),
             eof_seen: false,
+            violated: false,
         })
     }
 
@@ -257,9 +294,18 @@ impl DoorbellWaiter {
     /// [`LinkError::Closed`]. Each completed wait consumes a unit of tokio's cooperative
     /// budget. Cancel-safe: dropping the future consumes no ring that was not yet observed.
     /// Needs a tokio runtime with I/O enabled. Never blocks, whatever the descriptor's flags.
+    ///
+    /// [`LinkError::Corrupt`] (now and from then on) if the peer sent descriptors
+    /// (`SCM_RIGHTS`) down the doorbell — possible only on kernels without
+    /// `SO_PASSRIGHTS` — a protocol violation; they were closed on another thread (see
+    /// the [module docs](self#descriptors-sent-by-the-peer)).
     pub async fn wait(&mut self) -> Result<(), LinkError> {
+        if self.violated {
+            return Err(descriptors_sent());
+        }
         let afd = self.state.registered()?;
         let eof_seen = &mut self.eof_seen;
+        let violated = &mut self.violated;
         std::future::poll_fn(|cx| loop {
             // `poll_read_ready` (unlike `readable().await`) takes a unit of the task's
             // cooperative budget: a peer that keeps our end readable cannot keep this task
@@ -277,6 +323,10 @@ impl DoorbellWaiter {
                     *eof_seen = true;
                     return Poll::Ready(Ok(()));
                 }
+                Ok(Ok(Drained::Descriptors)) => {
+                    *violated = true;
+                    return Poll::Ready(Err(descriptors_sent()));
+                }
                 Ok(Ok(_)) => return Poll::Ready(Ok(())),
                 Ok(Err(e)) => return Poll::Ready(Err(e.into())),
                 Err(_would_block) => continue,
@@ -286,9 +336,19 @@ impl DoorbellWaiter {
     }
 
     /// Drains pending rings without waiting (at most [`DRAIN_MAX`]). `Ok(true)` if any was
-    /// pending; `Ok(false)` if none, or at end of file.
-    pub fn drain(&self) -> io::Result<bool> {
-        drain_fd(self.state.raw()).map(|d| d == Drained::Rung)
+    /// pending; `Ok(false)` if none, or at end of file. An `InvalidData` error if the peer
+    /// sent descriptors (closed on another thread; see [`wait`](Self::wait)).
+    pub fn drain(&mut self) -> io::Result<bool> {
+        if self.violated {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, DESCRIPTORS_SENT));
+        }
+        match drain_fd(self.state.raw())? {
+            Drained::Descriptors => {
+                self.violated = true;
+                Err(io::Error::new(io::ErrorKind::InvalidData, DESCRIPTORS_SENT))
+            }
+            d => Ok(d == Drained::Rung),
+        }
     }
 
     /// Ensures the descriptor is registered with the current tokio runtime, so that later
@@ -296,6 +356,13 @@ impl DoorbellWaiter {
     pub fn register(&mut self) -> io::Result<()> {
         self.state.registered().map(|_| ())
     }
+}
+
+const DESCRIPTORS_SENT: &str =
+    "the peer sent descriptors (SCM_RIGHTS) down a doorbell: protocol violation";
+
+fn descriptors_sent() -> LinkError {
+    LinkError::Corrupt(DESCRIPTORS_SENT.into())
 }
 
 /// What one bounded drain found.
@@ -307,25 +374,26 @@ enum Drained {
     Empty,
     /// End of file (or a reset): every copy of the notifier is closed.
     Closed,
+    /// Descriptors (or other ancillary data) arrived: a protocol violation. They were
+    /// handed to the closer thread.
+    Descriptors,
 }
 
-/// Consumes pending rings: at most `DRAIN_ROUNDS` non-blocking `recv` calls of
-/// `DRAIN_CHUNK` bytes. Stops early when a call returns less than a chunk (the queue is
-/// empty: a stream `recv` gathers every queued byte up to the buffer size).
+/// Consumes pending rings: at most `DRAIN_ROUNDS` non-blocking `recvmsg` calls of
+/// `DRAIN_CHUNK` bytes, each with room for `SCM_MAX_FD` descriptors (see [`super::scm`]).
+/// Stops early when a call returns less than a chunk (the queue is empty: a stream read
+/// gathers queued bytes up to the buffer size, stopping after a message with descriptors).
 fn drain_fd(fd: RawFd) -> io::Result<Drained> {
     let mut buf = [0u8; DRAIN_CHUNK];
     let mut got = false;
     for _ in 0..DRAIN_ROUNDS {
-        // SAFETY: `buf` is live and writable for its whole length; `fd` is an open socket
-        // owned by the caller for the duration of the call.
-        #[allow(unsafe_code)]
-        let n = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast::<libc::c_void>(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
+        let (n, errno) = match recv_guarded(fd, &mut buf, libc::MSG_DONTWAIT) {
+            Ok(g) if g.has_ancillary() => {
+                close_off_thread(g.fds);
+                return Ok(Drained::Descriptors);
+            }
+            Ok(g) => (g.len as isize, None),
+            Err(e) => (-1, Some(e)),
         };
         if n > 0 {
             got = true;
@@ -338,9 +406,8 @@ fn drain_fd(fd: RawFd) -> io::Result<Drained> {
             // End of file after the queued bytes: report the bytes first.
             return Ok(if got { Drained::Rung } else { Drained::Closed });
         }
-        let e = io::Error::last_os_error();
+        let e = errno.unwrap_or_else(|| io::Error::other("recvmsg failed"));
         match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
             // Only a definite "nothing queued" may report `Empty` (the caller then clears
             // the descriptor's readiness).
             Some(libc::EAGAIN) => return Ok(if got { Drained::Rung } else { Drained::Empty }),
@@ -361,11 +428,13 @@ pub struct Liveness {
 
 impl Liveness {
     /// A connected pair of liveness ends (`socketpair(AF_UNIX, SOCK_STREAM)`, close-on-exec,
-    /// non-blocking).
+    /// non-blocking, `SO_PASSRIGHTS` off where the kernel has it).
     pub fn pair() -> io::Result<(Liveness, Liveness)> {
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
         a.set_nonblocking(true)?;
         b.set_nonblocking(true)?;
+        refuse_passed_fds(a.as_raw_fd())?;
+        refuse_passed_fds(b.as_raw_fd())?;
         Ok((
             Liveness {
                 state: LazyFd::new(a.into()),
@@ -377,8 +446,9 @@ impl Liveness {
     }
 
     /// Wraps a liveness end received from elsewhere. Makes it non-blocking and
-    /// close-on-exec; fails if it is not an `AF_UNIX` stream or `SOCK_SEQPACKET` socket
-    /// (the hub bootstrap connection, whose end of file also means the peer is gone).
+    /// close-on-exec, and turns `SO_PASSRIGHTS` off where the kernel has it; fails if it is
+    /// not an `AF_UNIX` stream or `SOCK_SEQPACKET` socket (the hub bootstrap connection,
+    /// whose end of file also means the peer is gone).
     pub fn from_fd(fd: OwnedFd) -> io::Result<Liveness> {
         let ty = unix_socket_type(fd.as_raw_fd())?;
         if ty != libc::SOCK_STREAM && ty != libc::SOCK_SEQPACKET {
@@ -389,6 +459,7 @@ impl Liveness {
         }
         set_nonblocking(fd.as_raw_fd())?;
         set_cloexec(fd.as_raw_fd(), true)?;
+        refuse_passed_fds(fd.as_raw_fd())?;
         Ok(Liveness {
             state: LazyFd::new(fd),
         })
@@ -418,8 +489,10 @@ impl Liveness {
         !matches!(peek_fd(self.state.raw()), Ok(PeekResult::Empty))
     }
 
-    /// Completes when the peer's end is closed (every copy of it), or when the socket
-    /// fails. Cancel-safe. Needs a tokio runtime with I/O enabled.
+    /// Completes when the peer's end is closed (every copy of it), when the socket fails,
+    /// or when anything arrives on it (the protocol sends nothing: bytes or descriptors are
+    /// a violation, treated as the peer gone; descriptors are closed on another thread).
+    /// Cancel-safe. Needs a tokio runtime with I/O enabled.
     pub async fn gone(&mut self) -> io::Result<()> {
         let afd = self.state.registered()?;
         loop {
@@ -443,35 +516,26 @@ enum PeekResult {
     Empty,
     /// End of file: every copy of the peer's end is closed.
     Eof,
-    /// Bytes arrived. The protocol never writes any, so this is treated as a dead peer.
+    /// Bytes or descriptors arrived. The protocol never writes any, so this is treated as
+    /// a dead peer.
     Data,
 }
 
+/// Peeks at the liveness socket without consuming anything. A peek of a message with
+/// descriptors installs copies of them: the control buffer takes them (the kernel would
+/// otherwise release its copies in this thread, possibly the last references if another
+/// reader consumed the message meanwhile) and they are closed on the closer thread.
 fn peek_fd(fd: RawFd) -> io::Result<PeekResult> {
-    let mut b = 0u8;
-    loop {
-        // SAFETY: the buffer is one live byte; `fd` is an open socket owned by the caller.
-        #[allow(unsafe_code)]
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut b as *mut u8).cast::<libc::c_void>(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return Ok(PeekResult::Eof),
-            n if n > 0 => return Ok(PeekResult::Data),
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Ok(PeekResult::Empty),
-                    _ => return Err(e),
-                }
-            }
+    let mut b = [0u8; 1];
+    match recv_guarded(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(g) if g.has_ancillary() => {
+            close_off_thread(g.fds);
+            Ok(PeekResult::Data)
         }
+        Ok(g) if g.len == 0 => Ok(PeekResult::Eof),
+        Ok(_) => Ok(PeekResult::Data),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(PeekResult::Empty),
+        Err(e) => Err(e),
     }
 }
 
@@ -578,6 +642,7 @@ fn check_unix_stream(fd: RawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::scm::test_support as scm;
     use std::time::Duration;
 
     const GUARD: Duration = Duration::from_secs(30);
@@ -742,6 +807,104 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// Runs `f` on a thread of its own with `SO_PASSRIGHTS` left on (as on kernels before
+    /// 6.16) and a current-thread runtime; fails if that thread does not finish within the
+    /// deadlock guard (a close run on it would block it for the linger time, 120 s).
+    fn on_guarded_thread<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            crate::shm::scm::KEEP_PASSRIGHTS.with(|k| k.set(true));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(f());
+            done_tx.send(()).unwrap();
+        });
+        match done_rx.recv_timeout(GUARD) {
+            Ok(()) => t.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(t.join().unwrap_err())
+            }
+            Err(e) => panic!("the waiting thread is blocked: {e}"),
+        }
+    }
+
+    /// Kernels with `SO_PASSRIGHTS` (6.16+): a doorbell's peer cannot pass descriptors at
+    /// all, on either end.
+    #[test]
+    fn the_kernel_refuses_descriptors_on_doorbells() {
+        let (n, w) = pair().unwrap();
+        if !crate::shm::scm::refuses_passed_fds(w.as_raw_fd()) {
+            return; // older kernel: see the next test
+        }
+        let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = scm::send_fd(n.as_fd(), x.as_fd()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        let (ln, lw) = Liveness::pair().unwrap();
+        let e = scm::send_fd(ln.state.fd.as_ref().unwrap().as_fd(), x.as_fd()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        drop(lw);
+    }
+
+    /// Without kernel help: a descriptor down a doorbell fails the wait with `Corrupt` (for
+    /// good), and its close — a TCP socket lingering 120 s, whose last reference the
+    /// waiter received — does not run on the waiting thread.
+    #[test]
+    fn a_descriptor_down_a_doorbell_is_a_violation_closed_off_thread() {
+        on_guarded_thread(|| async {
+            let (bell, mut waiter) = bell();
+            bell.ring().unwrap();
+            let (tcp, peer) = scm::lingering_socket(120);
+            scm::send_fd(bell.as_fd(), tcp.as_fd()).unwrap();
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
+            // The ring queued before it is reported first (a stream read stops after a
+            // message with descriptors, not before it).
+            let mut results = Vec::new();
+            for _ in 0..3 {
+                results.push(waiter.wait().await);
+            }
+            assert!(
+                results
+                    .iter()
+                    .any(|r| matches!(r, Err(LinkError::Corrupt(_)))),
+                "{results:?}"
+            );
+            assert!(matches!(waiter.wait().await, Err(LinkError::Corrupt(_))));
+            assert_eq!(
+                waiter.drain().unwrap_err().kind(),
+                io::ErrorKind::InvalidData
+            );
+            // The lingering close ends when the TCP peer goes (reset).
+            std::thread::spawn(move || drop(peer));
+        });
+    }
+
+    /// Without kernel help: a descriptor on a liveness socket counts as the peer gone, and
+    /// is closed off the waiting thread.
+    #[test]
+    fn a_descriptor_on_a_liveness_socket_is_the_peer_gone() {
+        on_guarded_thread(|| async {
+            let (mut a, b) = Liveness::pair().unwrap();
+            let (tcp, peer) = scm::lingering_socket(120);
+            scm::send_fd(b.state.fd.as_ref().unwrap().as_fd(), tcp.as_fd()).unwrap();
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
+            assert!(a.peer_gone());
+            tokio::time::timeout(GUARD, a.gone())
+                .await
+                .unwrap()
+                .unwrap();
+            drop(b);
+            std::thread::spawn(move || drop(peer));
+        });
     }
 
     #[test]

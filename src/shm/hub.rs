@@ -17,13 +17,35 @@
 //! other's doorbell descriptors, see [`super::doorbell`]). Both sides then build a
 //! [`ShmLink`] over it: the hub is side A, the guest side B.
 //!
-//! Handshakes run concurrently, at most [`HubConfig::max_pending_handshakes`] at once, each
-//! bounded by the bootstrap's request timeout; a connection arriving while that many are
-//! pending is closed at once (counted by [`HubHandle::handshakes_dropped`] and logged), so
-//! silent connections cost a bounded amount of memory and never keep other guests out for
-//! longer than the request timeout. The bootstrap connection stays open for
+//! Handshakes run concurrently. At most [`HubConfig::max_pending_handshakes`] connections
+//! wait for their join request at once, each bounded by the bootstrap's request timeout;
+//! when one more arrives, the **oldest** waiting connection is closed to make room (counted
+//! by [`HubHandle::handshakes_dropped`] and logged). Honest guests send their request right
+//! after connecting, so silent connections cost a bounded amount of memory and evict only
+//! each other: an attacker holding (and renewing) a full cap of silent connections does not
+//! keep a guest out, unless it opens `max_pending_handshakes` new connections between the
+//! guest's connect and the hub's read of its already queued request. A join whose request
+//! was read is never evicted (it is being granted or refused, without waiting on the
+//! guest). The bootstrap connection stays open for
 //! the life of the guest and is each link's liveness socket: its end of file (the guest
 //! closed it or died) fails the hub's link at once, and the hub's watcher task sees it too.
+//!
+//! # Descriptors a guest passes
+//!
+//! A guest may try to send descriptors (`SCM_RIGHTS`) down its doorbells or its bootstrap
+//! connection, to make the hub close a file whose close blocks (a lingering TCP socket)
+//! in an executor thread, or to park its own bootstrap connection in the hub's queue so
+//! that its death goes unseen. On Linux 6.16+ every hub socket a guest can send to has
+//! `SO_PASSRIGHTS` off: the guest's `sendmsg` fails with `EPERM`. On older kernels the hub
+//! takes such descriptors with `recvmsg` (see [`super::doorbell`] and
+//! [`super::bootstrap`]), closes them on a dedicated thread, and evicts the guest with
+//! [`DisconnectReason::Corrupt`]: on a doorbell, its link half fails with
+//! `LinkError::Corrupt`; on the bootstrap connection, the watcher sees
+//! [`PeerGone::Violation`]. Not guaranteed on those older kernels: descriptors sent down a
+//! doorbell are found only when the hub's link half that owns it next waits on it (the
+//! receiving half whenever the application waits in `recv`, the sending half when the ring
+//! or the slab is full), so a guest that parks its own connection there and exits is seen
+//! to leave only then.
 //!
 //! # One segment per guest occupancy
 //!
@@ -108,7 +130,7 @@
 
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -118,7 +140,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::future::{AbortHandle, Abortable, Aborted, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
@@ -166,10 +188,10 @@ pub struct HubConfig {
     /// Default 64; at least 1. When it is full, departed guests keep their slots until
     /// their event can be queued (see the [module docs](self#departure-events-are-bounded-and-never-lost)).
     pub event_capacity: usize,
-    /// Most bootstrap handshakes in progress at once (connections accepted whose join is
-    /// not yet answered; each is bounded by `bootstrap.request_timeout`). A connection
-    /// arriving while this many are pending is closed at once, without an answer (the guest
-    /// sees its join fail and may retry). Default 64; at least 1.
+    /// Most accepted connections waiting for their join request at once (each bounded by
+    /// `bootstrap.request_timeout`). When one more arrives, the oldest waiting connection
+    /// is closed without an answer (that client sees its join fail and may retry), see the
+    /// [module docs](self#joining). Default 64; at least 1.
     pub max_pending_handshakes: usize,
 }
 
@@ -264,7 +286,7 @@ struct State {
     closed: bool,
     /// Where departures go, once `take_events` was called (before that they are dropped).
     events: Option<mpsc::Sender<HubEvent>>,
-    /// Connections closed at once because `max_pending_handshakes` were in progress.
+    /// Waiting connections evicted because `max_pending_handshakes` were waiting.
     handshakes_dropped: u64,
 }
 
@@ -315,6 +337,63 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 type Handshake = BoxFuture<'static, Result<HubGuest, HubError>>;
+/// A connection waiting for its request: its id, and the request (or `Aborted`: evicted).
+type Reading = BoxFuture<'static, (u64, Result<Result<Joining, BootstrapError>, Aborted>)>;
+
+/// Handshakes in progress: connections whose request is not read yet (capped, oldest
+/// first, each abortable), and joins being granted.
+#[derive(Default)]
+struct Handshakes {
+    /// Connections waiting for their request.
+    reading: FuturesUnordered<Reading>,
+    /// Live reads by id.
+    aborts: HashMap<u64, AbortHandle>,
+    /// Ids in arrival order (may hold ids of finished reads, skipped when met).
+    order: VecDeque<u64>,
+    next_id: u64,
+    /// Joins whose request was read: being granted or refused (no wait on the guest, each
+    /// bounded by the request timeout; never evicted, so a reserved slot is never lost).
+    granting: FuturesUnordered<Handshake>,
+}
+
+impl Handshakes {
+    /// Connections waiting for their request.
+    fn waiting(&self) -> usize {
+        self.aborts.len()
+    }
+
+    /// Aborts the oldest live read (its connection is closed when its future is next
+    /// polled). Whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some(id) = self.order.pop_front() {
+            if let Some(abort) = self.aborts.remove(&id) {
+                abort.abort();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn push(&mut self, incoming: bootstrap::Incoming) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (abort, registration) = AbortHandle::new_pair();
+        self.aborts.insert(id, abort);
+        self.order.push_back(id);
+        // Forget the ids of finished reads now and then (bounded: at most twice the live).
+        if self.order.len() > 2 * self.aborts.len() + 16 {
+            let aborts = &self.aborts;
+            self.order.retain(|id| aborts.contains_key(id));
+        }
+        let read = Abortable::new(incoming.read_request(), registration);
+        self.reading.push(Box::pin(async move { (id, read.await) }));
+    }
+
+    /// Forgets a read that finished.
+    fn finished(&mut self, id: u64) {
+        self.aborts.remove(&id);
+    }
+}
 
 /// The hub: a bootstrap listener, the peer table and each guest's watcher. See the
 /// [module docs](self).
@@ -326,7 +405,8 @@ pub struct Hub {
     listener: BootstrapListener,
     state: Arc<Mutex<State>>,
     config: HubConfig,
-    handshakes: FuturesUnordered<Handshake>,
+    /// Handshakes in progress. Boxed: keeps `Hub` small (it sits in an enum of listeners).
+    handshakes: Box<Handshakes>,
 }
 
 impl fmt::Debug for Hub {
@@ -377,7 +457,7 @@ impl Hub {
                 handshakes_dropped: 0,
             })),
             config,
-            handshakes: FuturesUnordered::new(),
+            handshakes: Box::default(),
         })
     }
 
@@ -428,9 +508,9 @@ impl Hub {
     }
 
     /// Waits for the next guest to complete its join. Connections are handshaken
-    /// concurrently (a silent client delays nobody), at most
-    /// [`HubConfig::max_pending_handshakes`] at once: a connection beyond that is closed at
-    /// once (counted and logged). A failed handshake is skipped (logged at debug level), so
+    /// concurrently (a silent client delays nobody); at most
+    /// [`HubConfig::max_pending_handshakes`] wait for their request at once: one more
+    /// evicts the oldest (closed, counted and logged). A failed handshake is skipped (logged at debug level), so
     /// this only returns an error when the listener itself fails. Cancel-safe: handshakes
     /// in progress continue at the next call.
     pub async fn accept(&mut self) -> Result<HubGuest, HubError> {
@@ -440,37 +520,52 @@ impl Hub {
                     let incoming = match incoming {
                         Ok(i) => i,
                         // A connection that failed before we could read its credentials.
-                        Err(BootstrapError::Io { op: "SO_PEERCRED", .. }) => continue,
+                        Err(BootstrapError::Io { op: "SO_PEERCRED" | "SO_PASSRIGHTS", .. }) => {
+                            continue
+                        }
                         Err(e) => return Err(e.into()),
                     };
-                    if self.handshakes.len() >= self.config.max_pending_handshakes {
-                        drop(incoming);
+                    if self.handshakes.waiting() >= self.config.max_pending_handshakes
+                        && self.handshakes.evict_oldest()
+                    {
                         let dropped = {
                             let mut st = lock(&self.state);
                             st.handshakes_dropped += 1;
                             st.handshakes_dropped
                         };
                         let max = self.config.max_pending_handshakes;
-                        // Every connection at debug level; a warning at the first and at
-                        // every power of two, so a flood cannot flood the log.
-                        tracing::debug!("shm hub: {max} handshakes pending, connection closed");
+                        // Every eviction at debug level; a warning at the first and at every
+                        // power of two, so a flood cannot flood the log.
+                        tracing::debug!(
+                            "shm hub: {max} handshakes pending, closed the oldest connection"
+                        );
                         if dropped.is_power_of_two() {
                             tracing::warn!(
-                                "shm hub {}: {max} handshakes pending, closed a new connection \
-                                 ({dropped} closed so far)",
+                                "shm hub {}: {max} handshakes pending, closed the oldest \
+                                 connection that had not sent its request ({dropped} closed \
+                                 so far)",
                                 self.listener.path().display()
                             );
                         }
-                        continue;
                     }
-                    let state = self.state.clone();
-                    let config = self.config.clone();
-                    self.handshakes.push(Box::pin(async move {
-                        let joining = incoming.read_request().await?;
-                        handshake(joining, state, config).await
-                    }));
+                    self.handshakes.push(incoming);
                 }
-                Some(done) = self.handshakes.next(), if !self.handshakes.is_empty() => {
+                Some((id, read)) = self.handshakes.reading.next(), if !self.handshakes.reading.is_empty() => {
+                    self.handshakes.finished(id);
+                    match read {
+                        Ok(Ok(joining)) => {
+                            let state = self.state.clone();
+                            let config = self.config.clone();
+                            self.handshakes
+                                .granting
+                                .push(Box::pin(handshake(joining, state, config)));
+                        }
+                        Ok(Err(e)) => tracing::debug!("shm hub: a join failed: {e}"),
+                        // Evicted (counted when evicted); dropping it closed the connection.
+                        Err(Aborted) => {}
+                    }
+                }
+                Some(done) = self.handshakes.granting.next(), if !self.handshakes.granting.is_empty() => {
                     match done {
                         Ok(guest) => return Ok(guest),
                         Err(e) => tracing::debug!("shm hub: a join failed: {e}"),
@@ -511,8 +606,9 @@ impl HubHandle {
         lock(&self.state).table.iter().collect()
     }
 
-    /// How many connections were closed at once, since the hub was bound, because
-    /// [`HubConfig::max_pending_handshakes`] handshakes were already in progress.
+    /// How many connections waiting for their join request were closed, since the hub was
+    /// bound, to make room for a newer one ([`HubConfig::max_pending_handshakes`]; the
+    /// oldest waiting connection is closed).
     pub fn handshakes_dropped(&self) -> u64 {
         lock(&self.state).handshakes_dropped
     }
@@ -708,7 +804,9 @@ async fn watch(
 ) {
     let reason = tokio::select! {
         gone = conn.gone() => {
-            if side.fault.is_corrupt() {
+            // A datagram after the handshake (anything but a goodbye, or descriptors) is a
+            // protocol violation: the guest misbehaved, like one that corrupts its ring.
+            if side.fault.is_corrupt() || gone == PeerGone::Violation {
                 DisconnectReason::Corrupt
             } else if gone == PeerGone::Goodbye || side.guest_closed() {
                 DisconnectReason::Clean
@@ -861,5 +959,176 @@ impl ShmConnector {
             peer_id: joined.welcome.peer_id,
             generation: joined.welcome.generation,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hostile guests in this process, with `SO_PASSRIGHTS` left on for the hub's sockets
+    //! (as on kernels before 6.16), so that descriptors do reach the hub: it must take them,
+    //! evict the guest as `Corrupt`, close them off its thread, and keep serving others.
+    //! (The kernel's refusal itself, and real processes, are in `tests/shm_hub.rs`.)
+
+    use super::*;
+    use crate::links::{send_bytes, Link, LinkError, LinkRx};
+    use crate::shm::scm::test_support as scm;
+
+    const GUARD: Duration = Duration::from_secs(30);
+
+    async fn guard<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(GUARD, f)
+            .await
+            .unwrap_or_else(|_| panic!("deadlock guard: {what}"))
+    }
+
+    /// Runs `f` on its own thread (current-thread runtime, `SO_PASSRIGHTS` left on for
+    /// sockets made there); fails if that thread does not finish within the guard: a
+    /// lingering close run on it (120 s) would block it.
+    fn on_hub_thread<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            crate::shm::scm::KEEP_PASSRIGHTS.with(|k| k.set(true));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(f());
+            done_tx.send(()).unwrap();
+        });
+        match done_rx.recv_timeout(GUARD + GUARD) {
+            Ok(()) => t.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(t.join().unwrap_err())
+            }
+            Err(e) => panic!("the hub's thread is blocked: {e}"),
+        }
+    }
+
+    fn path(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tether-hubunit-{tag}-{}.sock", std::process::id()))
+    }
+
+    /// A guest joined with the raw bootstrap (its descriptors in hand), and the hub's side.
+    async fn join_raw(hub: &mut Hub) -> (bootstrap::Joined, HubGuest) {
+        let p = hub.path().to_path_buf();
+        let guest = tokio::spawn(async move {
+            let req = JoinRequest {
+                layout_version: LAYOUT_VERSION,
+                token: 0,
+            };
+            bootstrap::join(&p, &req, GUEST_FDS, &BootstrapConfig::default()).await
+        });
+        let hosted = guard("accept", hub.accept()).await.expect("accept");
+        let joined = guard("join", guest).await.unwrap().expect("join");
+        (joined, hosted)
+    }
+
+    /// An honest guest joins and exchanges a message both ways.
+    async fn honest_round_trip(hub: &mut Hub) {
+        let guest = tokio::spawn(ShmConnector::connect(hub.path().to_path_buf()));
+        let hosted = guard("accept honest", hub.accept()).await.expect("accept");
+        let link = guard("join honest", guest).await.unwrap().expect("join");
+        let (mut gtx, mut grx) = link.split();
+        let (mut htx, mut hrx) = hosted.link.split();
+        send_bytes(&mut gtx, b"ping").await.unwrap();
+        let got = guard("hub recv", hrx.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"ping"[..]));
+        send_bytes(&mut htx, b"pong").await.unwrap();
+        let got = guard("guest recv", grx.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"pong"[..]));
+    }
+
+    async fn next_left(events: &mut mpsc::Receiver<HubEvent>) -> (PeerHandle, DisconnectReason) {
+        match guard("left", events.recv()).await.expect("events") {
+            HubEvent::Left { peer, reason } => (peer, reason),
+        }
+    }
+
+    /// A guest sends a lingering TCP socket down its data-ready doorbell while the hub's
+    /// receiving half waits on it: that half fails with `Corrupt`, the guest is evicted
+    /// as `Corrupt`, the hub's thread is not blocked by the close, and another guest is
+    /// served.
+    #[test]
+    fn descriptor_down_a_doorbell_evicts_the_guest_as_corrupt() {
+        on_hub_thread(|| async {
+            let mut hub = Hub::bind(path("bell"), HubConfig::default()).expect("bind");
+            let mut events = hub.take_events();
+            let (joined, hosted) = join_raw(&mut hub).await;
+            let (_htx, mut hrx) = hosted.link.split();
+            let receiver = tokio::spawn(async move { hrx.recv().await });
+            tokio::task::yield_now().await;
+            let (tcp, peer) = scm::lingering_socket(120);
+            // fds: segment, data A→B, space A→B, data B→A (the guest's notifier), space B→A.
+            scm::send_fd(joined.fds[3].as_fd(), tcp.as_fd()).unwrap();
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
+            drop(joined.fds);
+            let r = guard("hub recv fails", receiver).await.unwrap();
+            assert!(matches!(r, Err(LinkError::Corrupt(_))), "{r:?}");
+            assert_eq!(
+                next_left(&mut events).await,
+                (hosted.peer, DisconnectReason::Corrupt)
+            );
+            honest_round_trip(&mut hub).await;
+            drop(joined.conn);
+            std::thread::spawn(move || drop(peer));
+        });
+    }
+
+    /// A guest sends a lingering TCP socket on its bootstrap connection after the
+    /// handshake: evicted as `Corrupt`, not blocking the hub, others served.
+    #[test]
+    fn descriptor_on_the_bootstrap_connection_evicts_the_guest_as_corrupt() {
+        on_hub_thread(|| async {
+            let mut hub = Hub::bind(path("conn"), HubConfig::default()).expect("bind");
+            let mut events = hub.take_events();
+            let (mut joined, hosted) = join_raw(&mut hub).await;
+            let (tcp, peer) = scm::lingering_socket(120);
+            scm::send_fd(joined.conn.as_fd(), tcp.as_fd()).unwrap();
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
+            assert_eq!(
+                next_left(&mut events).await,
+                (hosted.peer, DisconnectReason::Corrupt)
+            );
+            // The hub shut the connection down.
+            guard("hub closes", joined.conn.gone()).await;
+            honest_round_trip(&mut hub).await;
+            std::thread::spawn(move || drop(peer));
+        });
+    }
+
+    /// A join request carrying a lingering TCP socket, queued before the hub accepts the
+    /// connection: refused as malformed, the hub's thread not blocked, others served.
+    #[test]
+    fn descriptor_with_a_queued_join_request_is_refused() {
+        on_hub_thread(|| async {
+            let mut hub = Hub::bind(path("req"), HubConfig::default()).expect("bind");
+            // A raw SOCK_SEQPACKET client: connect, then the request with a descriptor,
+            // all before the hub accepts.
+            let fd = bootstrap::tests::raw_seqpacket_connect(hub.path());
+            let (tcp, peer) = scm::lingering_socket(120);
+            let mut req = [0u8; bootstrap::REQUEST_LEN];
+            req[..8].copy_from_slice(&bootstrap::REQUEST_MAGIC);
+            req[8..10].copy_from_slice(&bootstrap::PROTOCOL_VERSION.to_le_bytes());
+            req[12..16].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+            bootstrap::tests::send_with_fd(fd.as_fd(), &req, tcp.as_fd()).unwrap();
+            // In flight now: ours is not the last reference, the receiver's will be.
+            drop(tcp);
+            // The hub reads it, refuses it, and serves an honest guest next.
+            honest_round_trip(&mut hub).await;
+            let status = guard(
+                "refusal",
+                tokio::task::spawn_blocking(move || bootstrap::tests::read_status(fd)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, Some(RefuseReason::Malformed.code()));
+            std::thread::spawn(move || drop(peer));
+        });
     }
 }

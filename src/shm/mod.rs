@@ -5,7 +5,8 @@
 //!
 //! See `SHM_API.md` and the module docs of [`ring`] and [`slab`]; for the link, of
 //! [`segment`] (memfd, layout validation), [`doorbell`] (socket-pair doorbells, liveness
-//! socket) and
+//! socket, and the defences against descriptors a peer passes on a socket we read, whose
+//! closes run on a closer thread: [`flush_descriptor_closer`]) and
 //! [`link`] (the [`Link`](crate::links::Link) itself, parent/child handoff).
 //!
 //! Modules that need `unsafe` opt in with `#![allow(unsafe_code)]` themselves.
@@ -26,6 +27,8 @@ pub mod peers;
 pub mod region;
 pub mod ring;
 #[cfg(not(loom))]
+pub(crate) mod scm;
+#[cfg(not(loom))]
 pub mod segment;
 pub mod slab;
 
@@ -36,3 +39,5 @@ pub use error::ShmError;
 #[cfg(not(loom))]
 pub use link::{ChildHandoff, IdleStrategy, ShmConfig, ShmLink};
 pub use region::Region;
+#[cfg(not(loom))]
+pub use scm::flush_descriptor_closer;

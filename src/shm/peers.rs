@@ -46,7 +46,9 @@ pub enum DisconnectReason {
     Clean,
     /// Its connection ended without a goodbye (the process died or dropped everything).
     Crashed,
-    /// It corrupted its shared state; the hub failed its link.
+    /// It misbehaved: corrupted its shared state, or broke the protocol on a socket (a
+    /// datagram on its bootstrap connection after the handshake, descriptors sent down a
+    /// doorbell or the connection); the hub failed its link.
     Corrupt,
 }
 

@@ -206,6 +206,11 @@ pub fn raw_accept(listener: &OwnedFd) -> OwnedFd {
 
 /// Sends one datagram, with `fds` in one SCM_RIGHTS message if not empty.
 pub fn raw_send(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) {
+    try_raw_send(fd, bytes, fds).unwrap_or_else(|e| panic!("sendmsg: {e}"));
+}
+
+/// [`raw_send`] returning the error (e.g. `EPERM`: the receiver has `SO_PASSRIGHTS` off).
+pub fn try_raw_send(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
@@ -234,12 +239,11 @@ pub fn raw_send(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) {
     }
     // SAFETY: `msg` points at live buffers.
     let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    assert_eq!(
-        n,
-        bytes.len() as isize,
-        "sendmsg: {}",
-        io::Error::last_os_error()
-    );
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    assert_eq!(n, bytes.len() as isize, "sendmsg sent a partial datagram");
+    Ok(())
 }
 
 /// Receives one datagram without waiting (`None` if nothing is queued); `Some(empty)` is EOF.
