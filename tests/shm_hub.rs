@@ -1070,12 +1070,9 @@ async fn scribble_guest() -> Result<(), String> {
     }
 }
 
-/// Hostile guest: joins with the raw bootstrap, clears `O_NONBLOCK` on every descriptor it
-/// received (with eventfd doorbells this flag was shared with the hub), then, for every
-/// doorbell end, runs a thief thread that reads it (blocking) and a flooder thread that
-/// writes to it without end (a near-saturating eventfd value and 64 KiB chunks). Prints
-/// `ready`, then waits for the hub to go away (or to be killed).
-fn hostile_guest() -> Result<(), String> {
+/// Joins the hub named in the environment with the raw bootstrap (as a hostile guest would:
+/// the descriptors in hand, no `ShmLink`), on a runtime of its own.
+fn raw_join() -> Result<bootstrap::Joined, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1097,8 +1094,17 @@ fn hostile_guest() -> Result<(), String> {
             &BootstrapConfig::default(),
         ))
         .map_err(|e| e.to_string())?;
+    Ok(joined)
+}
+
+/// Hostile guest: joins with the raw bootstrap, clears `O_NONBLOCK` on every descriptor it
+/// received (with eventfd doorbells this flag was shared with the hub), then, for every
+/// doorbell end, runs a thief thread that reads it (blocking) and a flooder thread that
+/// writes to it without end (a near-saturating eventfd value and 64 KiB chunks). Prints
+/// `ready`, then waits for the hub to go away (or to be killed).
+fn hostile_guest() -> Result<(), String> {
+    let joined = raw_join()?;
     let conn = joined.conn.into_owned_fd();
-    drop(rt);
     let fds = joined.fds;
     for fd in fds.iter().chain([&conn]) {
         // SAFETY: F_GETFL/F_SETFL take and return integers; `fd` is open.
@@ -1244,28 +1250,7 @@ fn set_linger(s: &std::net::TcpStream, secs: i32) {
 /// own bootstrap connection down the space doorbell. Prints what became of each send
 /// (`EPERM` or `sent`) and exits without a goodbye, its connection possibly in flight.
 fn fd_passer_guest() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let c = ShmConnector::from_env().map_err(|e| e.to_string())?;
-    let token: u64 = std::env::var(actix_tether::shm::hub::HUB_TOKEN_ENV)
-        .map_err(|e| e.to_string())?
-        .parse()
-        .map_err(|_| "bad token")?;
-    let req = JoinRequest {
-        layout_version: LAYOUT_VERSION,
-        token,
-    };
-    let joined = rt
-        .block_on(bootstrap::join(
-            c.path(),
-            &req,
-            5,
-            &BootstrapConfig::default(),
-        ))
-        .map_err(|e| e.to_string())?;
-    drop(rt);
+    let joined = raw_join()?;
     let conn = joined.conn.into_owned_fd();
     let (tcp, peer) = lingering_socket(120);
     let outcome = |r: std::io::Result<()>| match r {

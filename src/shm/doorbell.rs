@@ -809,33 +809,6 @@ mod tests {
             .unwrap();
     }
 
-    /// Runs `f` on a thread of its own with `SO_PASSRIGHTS` left on (as on kernels before
-    /// 6.16) and a current-thread runtime; fails if that thread does not finish within the
-    /// deadlock guard (a close run on it would block it for the linger time, 120 s).
-    fn on_guarded_thread<F, Fut>(f: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()>,
-    {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            crate::shm::scm::KEEP_PASSRIGHTS.with(|k| k.set(true));
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(f());
-            done_tx.send(()).unwrap();
-        });
-        match done_rx.recv_timeout(GUARD) {
-            Ok(()) => t.join().unwrap(),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                std::panic::resume_unwind(t.join().unwrap_err())
-            }
-            Err(e) => panic!("the waiting thread is blocked: {e}"),
-        }
-    }
-
     /// Kernels with `SO_PASSRIGHTS` (6.16+): a doorbell's peer cannot pass descriptors at
     /// all, on either end.
     #[test]
@@ -858,7 +831,7 @@ mod tests {
     /// waiter received — does not run on the waiting thread.
     #[test]
     fn a_descriptor_down_a_doorbell_is_a_violation_closed_off_thread() {
-        on_guarded_thread(|| async {
+        crate::shm::scm::on_thread_keeping_passrights(GUARD, "the waiting thread", || async {
             let (bell, mut waiter) = bell();
             bell.ring().unwrap();
             let (tcp, peer) = scm::lingering_socket(120);
@@ -891,7 +864,7 @@ mod tests {
     /// is closed off the waiting thread.
     #[test]
     fn a_descriptor_on_a_liveness_socket_is_the_peer_gone() {
-        on_guarded_thread(|| async {
+        crate::shm::scm::on_thread_keeping_passrights(GUARD, "the waiting thread", || async {
             let (mut a, b) = Liveness::pair().unwrap();
             let (tcp, peer) = scm::lingering_socket(120);
             scm::send_fd(b.state.fd.as_ref().unwrap().as_fd(), tcp.as_fd()).unwrap();

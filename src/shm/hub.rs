@@ -981,33 +981,6 @@ mod tests {
             .unwrap_or_else(|_| panic!("deadlock guard: {what}"))
     }
 
-    /// Runs `f` on its own thread (current-thread runtime, `SO_PASSRIGHTS` left on for
-    /// sockets made there); fails if that thread does not finish within the guard: a
-    /// lingering close run on it (120 s) would block it.
-    fn on_hub_thread<F, Fut>(f: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()>,
-    {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            crate::shm::scm::KEEP_PASSRIGHTS.with(|k| k.set(true));
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(f());
-            done_tx.send(()).unwrap();
-        });
-        match done_rx.recv_timeout(GUARD + GUARD) {
-            Ok(()) => t.join().unwrap(),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                std::panic::resume_unwind(t.join().unwrap_err())
-            }
-            Err(e) => panic!("the hub's thread is blocked: {e}"),
-        }
-    }
-
     fn path(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!("tether-hubunit-{tag}-{}.sock", std::process::id()))
     }
@@ -1054,81 +1027,93 @@ mod tests {
     /// served.
     #[test]
     fn descriptor_down_a_doorbell_evicts_the_guest_as_corrupt() {
-        on_hub_thread(|| async {
-            let mut hub = Hub::bind(path("bell"), HubConfig::default()).expect("bind");
-            let mut events = hub.take_events();
-            let (joined, hosted) = join_raw(&mut hub).await;
-            let (_htx, mut hrx) = hosted.link.split();
-            let receiver = tokio::spawn(async move { hrx.recv().await });
-            tokio::task::yield_now().await;
-            let (tcp, peer) = scm::lingering_socket(120);
-            // fds: segment, data A→B, space A→B, data B→A (the guest's notifier), space B→A.
-            scm::send_fd(joined.fds[3].as_fd(), tcp.as_fd()).unwrap();
-            // In flight now: ours is not the last reference, the receiver's will be.
-            drop(tcp);
-            drop(joined.fds);
-            let r = guard("hub recv fails", receiver).await.unwrap();
-            assert!(matches!(r, Err(LinkError::Corrupt(_))), "{r:?}");
-            assert_eq!(
-                next_left(&mut events).await,
-                (hosted.peer, DisconnectReason::Corrupt)
-            );
-            honest_round_trip(&mut hub).await;
-            drop(joined.conn);
-            std::thread::spawn(move || drop(peer));
-        });
+        crate::shm::scm::on_thread_keeping_passrights(
+            GUARD + GUARD,
+            "the hub's thread",
+            || async {
+                let mut hub = Hub::bind(path("bell"), HubConfig::default()).expect("bind");
+                let mut events = hub.take_events();
+                let (joined, hosted) = join_raw(&mut hub).await;
+                let (_htx, mut hrx) = hosted.link.split();
+                let receiver = tokio::spawn(async move { hrx.recv().await });
+                tokio::task::yield_now().await;
+                let (tcp, peer) = scm::lingering_socket(120);
+                // fds: segment, data A→B, space A→B, data B→A (the guest's notifier), space B→A.
+                scm::send_fd(joined.fds[3].as_fd(), tcp.as_fd()).unwrap();
+                // In flight now: ours is not the last reference, the receiver's will be.
+                drop(tcp);
+                drop(joined.fds);
+                let r = guard("hub recv fails", receiver).await.unwrap();
+                assert!(matches!(r, Err(LinkError::Corrupt(_))), "{r:?}");
+                assert_eq!(
+                    next_left(&mut events).await,
+                    (hosted.peer, DisconnectReason::Corrupt)
+                );
+                honest_round_trip(&mut hub).await;
+                drop(joined.conn);
+                std::thread::spawn(move || drop(peer));
+            },
+        );
     }
 
     /// A guest sends a lingering TCP socket on its bootstrap connection after the
     /// handshake: evicted as `Corrupt`, not blocking the hub, others served.
     #[test]
     fn descriptor_on_the_bootstrap_connection_evicts_the_guest_as_corrupt() {
-        on_hub_thread(|| async {
-            let mut hub = Hub::bind(path("conn"), HubConfig::default()).expect("bind");
-            let mut events = hub.take_events();
-            let (mut joined, hosted) = join_raw(&mut hub).await;
-            let (tcp, peer) = scm::lingering_socket(120);
-            scm::send_fd(joined.conn.as_fd(), tcp.as_fd()).unwrap();
-            // In flight now: ours is not the last reference, the receiver's will be.
-            drop(tcp);
-            assert_eq!(
-                next_left(&mut events).await,
-                (hosted.peer, DisconnectReason::Corrupt)
-            );
-            // The hub shut the connection down.
-            guard("hub closes", joined.conn.gone()).await;
-            honest_round_trip(&mut hub).await;
-            std::thread::spawn(move || drop(peer));
-        });
+        crate::shm::scm::on_thread_keeping_passrights(
+            GUARD + GUARD,
+            "the hub's thread",
+            || async {
+                let mut hub = Hub::bind(path("conn"), HubConfig::default()).expect("bind");
+                let mut events = hub.take_events();
+                let (mut joined, hosted) = join_raw(&mut hub).await;
+                let (tcp, peer) = scm::lingering_socket(120);
+                scm::send_fd(joined.conn.as_fd(), tcp.as_fd()).unwrap();
+                // In flight now: ours is not the last reference, the receiver's will be.
+                drop(tcp);
+                assert_eq!(
+                    next_left(&mut events).await,
+                    (hosted.peer, DisconnectReason::Corrupt)
+                );
+                // The hub shut the connection down.
+                guard("hub closes", joined.conn.gone()).await;
+                honest_round_trip(&mut hub).await;
+                std::thread::spawn(move || drop(peer));
+            },
+        );
     }
 
     /// A join request carrying a lingering TCP socket, queued before the hub accepts the
     /// connection: refused as malformed, the hub's thread not blocked, others served.
     #[test]
     fn descriptor_with_a_queued_join_request_is_refused() {
-        on_hub_thread(|| async {
-            let mut hub = Hub::bind(path("req"), HubConfig::default()).expect("bind");
-            // A raw SOCK_SEQPACKET client: connect, then the request with a descriptor,
-            // all before the hub accepts.
-            let fd = bootstrap::tests::raw_seqpacket_connect(hub.path());
-            let (tcp, peer) = scm::lingering_socket(120);
-            let mut req = [0u8; bootstrap::REQUEST_LEN];
-            req[..8].copy_from_slice(&bootstrap::REQUEST_MAGIC);
-            req[8..10].copy_from_slice(&bootstrap::PROTOCOL_VERSION.to_le_bytes());
-            req[12..16].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
-            bootstrap::tests::send_with_fd(fd.as_fd(), &req, tcp.as_fd()).unwrap();
-            // In flight now: ours is not the last reference, the receiver's will be.
-            drop(tcp);
-            // The hub reads it, refuses it, and serves an honest guest next.
-            honest_round_trip(&mut hub).await;
-            let status = guard(
-                "refusal",
-                tokio::task::spawn_blocking(move || bootstrap::tests::read_status(fd)),
-            )
-            .await
-            .unwrap();
-            assert_eq!(status, Some(RefuseReason::Malformed.code()));
-            std::thread::spawn(move || drop(peer));
-        });
+        crate::shm::scm::on_thread_keeping_passrights(
+            GUARD + GUARD,
+            "the hub's thread",
+            || async {
+                let mut hub = Hub::bind(path("req"), HubConfig::default()).expect("bind");
+                // A raw SOCK_SEQPACKET client: connect, then the request with a descriptor,
+                // all before the hub accepts.
+                let fd = bootstrap::tests::raw_seqpacket_connect(hub.path());
+                let (tcp, peer) = scm::lingering_socket(120);
+                let mut req = [0u8; bootstrap::REQUEST_LEN];
+                req[..8].copy_from_slice(&bootstrap::REQUEST_MAGIC);
+                req[8..10].copy_from_slice(&bootstrap::PROTOCOL_VERSION.to_le_bytes());
+                req[12..16].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+                bootstrap::tests::send_with_fd(fd.as_fd(), &req, tcp.as_fd()).unwrap();
+                // In flight now: ours is not the last reference, the receiver's will be.
+                drop(tcp);
+                // The hub reads it, refuses it, and serves an honest guest next.
+                honest_round_trip(&mut hub).await;
+                let status = guard(
+                    "refusal",
+                    tokio::task::spawn_blocking(move || bootstrap::tests::read_status(fd)),
+                )
+                .await
+                .unwrap();
+                assert_eq!(status, Some(RefuseReason::Malformed.code()));
+                std::thread::spawn(move || drop(peer));
+            },
+        );
     }
 }

@@ -384,6 +384,35 @@ pub(crate) mod test_support {
     }
 }
 
+/// Test helper: runs `f` on a thread of its own with a current-thread runtime and
+/// `SO_PASSRIGHTS` left on for sockets made there (as on kernels before 6.16), and panics
+/// naming `who` if that thread does not finish within `guard` (a lingering close run on it
+/// would block it).
+#[cfg(test)]
+pub(crate) fn on_thread_keeping_passrights<F, Fut>(guard: std::time::Duration, who: &str, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        KEEP_PASSRIGHTS.with(|k| k.set(true));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f());
+        done_tx.send(()).unwrap();
+    });
+    match done_rx.recv_timeout(guard) {
+        Ok(()) => t.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(t.join().unwrap_err())
+        }
+        Err(e) => panic!("{who} is blocked: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_support::*;
