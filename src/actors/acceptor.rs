@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    offer, spawn_link_as, ActorConfig, ActorError, Delivery, LinkActors, LinkId, LinkOptions,
-    LinkReader, LinkWriter, Received, Shutdown,
+    offer, spawn_link_as, ActorConfig, ActorError, LinkActors, LinkId, LinkOptions, LinkReader,
+    LinkWriter, Received, Shutdown,
 };
 use crate::codec::{Codec, Postcard};
 use crate::endpoint::{self, Endpoint, EndpointError, Listener};
@@ -193,17 +193,8 @@ impl Acceptor {
     where
         T: Message<Result = ()> + std::marker::Send + 'static,
     {
-        match offer(to(self), msg) {
-            Delivery::Done => {}
-            Delivery::Wait(request) => {
-                ctx.wait(request.into_actor(self).map(|res, _, ctx| {
-                    if res.is_err() {
-                        ctx.stop();
-                    }
-                }));
-            }
-            Delivery::Gone => ctx.stop(),
-        }
+        let delivery = offer(to(self), msg);
+        super::wait_or_stop(self, delivery, ctx);
     }
 }
 

@@ -194,17 +194,8 @@ impl Actor for ShmHub {
 impl ShmHub {
     /// Hands a guest's link to the application (after its `PeerJoined`).
     fn hand_over(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
-        match offer(&self.incoming, incoming) {
-            Delivery::Done => {}
-            Delivery::Wait(request) => {
-                ctx.wait(request.into_actor(self).map(|res, _, ctx| {
-                    if res.is_err() {
-                        ctx.stop();
-                    }
-                }));
-            }
-            Delivery::Gone => ctx.stop(),
-        }
+        let delivery = offer(&self.incoming, incoming);
+        super::wait_or_stop(self, delivery, ctx);
     }
 
     /// Sends an event within the events recipient's mailbox capacity, then runs `then`

@@ -343,6 +343,28 @@ where
     }
 }
 
+/// Finishes an [`offer`]: when the mailbox was full, pauses the actor (`ctx.wait`) until the
+/// message is taken; stops the actor if the recipient is gone (or goes away meanwhile). For
+/// recipients that are the actor's reason to exist (the application's handler of incoming
+/// links).
+fn wait_or_stop<A, T>(act: &A, delivery: Delivery<T>, ctx: &mut Context<A>)
+where
+    A: Actor<Context = Context<A>>,
+    T: Message<Result = ()> + std::marker::Send + 'static,
+{
+    match delivery {
+        Delivery::Done => {}
+        Delivery::Wait(request) => {
+            ctx.wait(request.into_actor(act).map(|res, _, ctx| {
+                if res.is_err() {
+                    ctx.stop();
+                }
+            }));
+        }
+        Delivery::Gone => ctx.stop(),
+    }
+}
+
 /// Response of the link actors' handlers that may have to wait for the link: either the
 /// result at once, or a future run with `ctx.wait`, which pauses the actor's mailbox (and
 /// its streams) until it completes. This is what turns a full link into backpressure on the
