@@ -218,17 +218,10 @@ fn check_capacity(capacity: usize) -> Result<(), ShmError> {
 pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
     check_capacity(capacity)?;
     region.require(ring_region_size(capacity))?;
-    let hdr = region.as_ptr().cast::<RingHeader>();
     #[cfg(not(loom))]
     {
-        // SAFETY: the region is valid for `HEADER_LEN` bytes (checked above) and 64-aligned
-        // (a `Region` invariant); std atomics are plain integers, so any bit pattern is a
-        // valid `RingHeader` and a shared reference to it may coexist with other handles.
-        let h = unsafe { &*hdr };
-        h.head.0.store(0, Ordering::Relaxed);
-        h.tail.0.store(0, Ordering::Relaxed);
-        h.consumer_parked.0.store(0, Ordering::Relaxed);
-        h.producer_parked.0.store(0, Ordering::Relaxed);
+        // Std atomics are plain integers, so the header is usable before its first store.
+        Ring::new(region.clone(), capacity)?.zero_header();
         // Release fence: orders the zeroing before every later store of this thread, including
         // the Release half of whatever hands the ring to its attacher (a channel, a thread
         // spawn); across processes the hand-off (fd passing, process spawn) synchronises by
@@ -238,6 +231,7 @@ pub fn init(region: &Region, capacity: usize) -> Result<(), ShmError> {
     }
     #[cfg(loom)]
     {
+        let hdr = region.as_ptr().cast::<RingHeader>();
         // SAFETY: loom atomics must be constructed before use; the region is valid and
         // aligned for a `RingHeader` (checked above), and under loom the region is a heap
         // allocation not yet shared with another thread.
@@ -291,6 +285,33 @@ impl Ring {
         // plain integers valid for any bit pattern (std atomics). Only atomic operations
         // are performed through this reference.
         unsafe { &*self.region.as_ptr().cast::<RingHeader>() }
+    }
+
+    /// The shared `(head, tail)` as an attaching end finds them, validated.
+    fn indices_at_attach(&self) -> Result<(u64, u64), ShmError> {
+        let h = self.header();
+        // Acquire: pairs with the Release stores of `head` (producer) and `tail` (consumer)
+        // of the ends that used the ring before.
+        let head = h.head.0.load(Ordering::Acquire);
+        let tail = h.tail.0.load(Ordering::Acquire);
+        if head % 8 != 0 || tail % 8 != 0 || head.wrapping_sub(tail) > self.capacity {
+            return Err(corrupt(format!(
+                "ring indices head={head} tail={tail} are inconsistent at attach"
+            )));
+        }
+        Ok((head, tail))
+    }
+
+    /// Zeroes both indices and both parked words in shared memory (for reuse after the peer
+    /// is gone).
+    fn zero_header(&self) {
+        let h = self.header();
+        // Relaxed: the ring is handed to its next user through a synchronising channel (fd
+        // passing or thread spawn).
+        h.head.0.store(0, Ordering::Relaxed);
+        h.tail.0.store(0, Ordering::Relaxed);
+        h.consumer_parked.0.store(0, Ordering::Relaxed);
+        h.producer_parked.0.store(0, Ordering::Relaxed);
     }
 
     /// Pointer to data byte `offset` (`offset <= capacity`).
@@ -424,16 +445,8 @@ impl RingProducer {
     /// memory later). The current shared `head` and `tail` are validated.
     pub fn attach(region: Region, capacity: usize) -> Result<RingProducer, ShmError> {
         let ring = Ring::new(region, capacity)?;
-        let h = ring.header();
-        // Acquire: pairs with the Release stores of a previous owner of either index.
-        let head = h.head.0.load(Ordering::Acquire);
-        let tail = h.tail.0.load(Ordering::Acquire);
-        if head % 8 != 0 || tail % 8 != 0 || head.wrapping_sub(tail) > ring.capacity {
-            return Err(corrupt(format!(
-                "ring indices head={head} tail={tail} are inconsistent at attach"
-            )));
-        }
-        let waiter = Waiter::attach(&h.producer_parked.0);
+        let (head, tail) = ring.indices_at_attach()?;
+        let waiter = Waiter::attach(&ring.header().producer_parked.0);
         Ok(RingProducer {
             ring,
             head,
@@ -558,13 +571,7 @@ impl RingProducer {
     /// flags to zero, locally and in shared memory. Must not be used while a consumer is
     /// attached.
     pub fn reset(&mut self) {
-        let h = self.ring.header();
-        // Relaxed: the ring is handed to its next consumer through a synchronising channel
-        // (fd passing or thread spawn).
-        h.head.0.store(0, Ordering::Relaxed);
-        h.tail.0.store(0, Ordering::Relaxed);
-        h.consumer_parked.0.store(0, Ordering::Relaxed);
-        h.producer_parked.0.store(0, Ordering::Relaxed);
+        self.ring.zero_header();
         self.head = 0;
         self.cached_tail = 0;
         self.waiter = Waiter::default();
@@ -682,7 +689,8 @@ pub struct RingConsumer {
     published_tail: u64,
     /// Released bytes are published once at least this many are pending (0: every release).
     release_batch: u64,
-    /// A wake-up found by `prepare_park`'s publication, reported by the next `flush`.
+    /// A wake-up found by `prepare_park`'s publication, reported by the next release or
+    /// `flush`.
     owed_wake: bool,
     /// Last head read from shared memory.
     cached_head: u64,
@@ -697,17 +705,8 @@ impl RingConsumer {
     /// See [`RingProducer::attach`].
     pub fn attach(region: Region, capacity: usize) -> Result<RingConsumer, ShmError> {
         let ring = Ring::new(region, capacity)?;
-        let h = ring.header();
-        // Acquire: pairs with the Release stores of `head` (producer) and of a previous
-        // owner of `tail`.
-        let tail = h.tail.0.load(Ordering::Acquire);
-        let head = h.head.0.load(Ordering::Acquire);
-        if head % 8 != 0 || tail % 8 != 0 || head.wrapping_sub(tail) > ring.capacity {
-            return Err(corrupt(format!(
-                "ring indices head={head} tail={tail} are inconsistent at attach"
-            )));
-        }
-        let waiter = Waiter::attach(&h.consumer_parked.0);
+        let (head, tail) = ring.indices_at_attach()?;
+        let waiter = Waiter::attach(&ring.header().consumer_parked.0);
         Ok(RingConsumer {
             ring,
             tail,
@@ -890,12 +889,7 @@ impl RingConsumer {
     /// Resets the consumer's view for reuse after the producer is gone (hub): both indices
     /// and flags to zero. Must not be used while a producer is attached.
     pub fn reset(&mut self) {
-        let h = self.ring.header();
-        // Relaxed: see RingProducer::reset.
-        h.head.0.store(0, Ordering::Relaxed);
-        h.tail.0.store(0, Ordering::Relaxed);
-        h.consumer_parked.0.store(0, Ordering::Relaxed);
-        h.producer_parked.0.store(0, Ordering::Relaxed);
+        self.ring.zero_header();
         self.tail = 0;
         self.published_tail = 0;
         self.owed_wake = false;
