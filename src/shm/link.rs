@@ -1440,6 +1440,32 @@ mod tests {
         });
     }
 
+    /// Inline messages are slices of shared arena chunks: messages kept across many chunk
+    /// refills keep their bytes, while dropped ones let a chunk be reused in place.
+    #[test]
+    fn arena_messages_survive_chunk_reuse() {
+        rt().block_on(async {
+            let (a, b) = ShmLink::pair(ShmConfig::default()).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            let msg = |i: usize| vec![(i % 251) as u8; 100 + i % 300];
+            let mut kept = Vec::new();
+            // About 500 KB of payloads: some thirty 16 KiB arena chunks.
+            for i in 0..2_000 {
+                send(&mut atx, &msg(i)).await.unwrap();
+                let got = brx.recv().await.unwrap().unwrap();
+                assert_eq!(&got[..], &msg(i)[..]);
+                // Keep every seventh message; drop the rest at once.
+                if i % 7 == 0 {
+                    kept.push((i, got));
+                }
+            }
+            for (i, got) in kept {
+                assert_eq!(&got[..], &msg(i)[..], "kept message {i}");
+            }
+        });
+    }
+
     #[test]
     fn codec_serializes_straight_into_the_slab() {
         use crate::codec::{Codec, Postcard};
