@@ -475,6 +475,8 @@ struct RxShared {
     slab: Slab,
     /// Slots currently held by a live `Bytes` of this receiver (local memory).
     held: Box<[AtomicBool]>,
+    /// How many entries of `held` are set (so that counting costs one load, not one per slot).
+    held_count: AtomicU64,
     notifier: Mutex<Option<ReleaseNotifier>>,
     /// The last `sender_parked` word a release reported (local memory).
     notified: AtomicU64,
@@ -505,6 +507,7 @@ impl SlabReceiver {
                 held: (0..cfg.slot_count)
                     .map(|_| AtomicBool::new(false))
                     .collect(),
+                held_count: AtomicU64::new(0),
                 notifier: Mutex::new(None),
                 notified: AtomicU64::new(0),
                 slab,
@@ -596,16 +599,15 @@ impl SlabReceiver {
                 "slab slot {slot} received twice without being released"
             )));
         }
+        // Relaxed: see `held`.
+        shared.held_count.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Number of slots currently held by live `Bytes` handed out by this receiver.
     pub fn held(&self) -> usize {
-        self.shared
-            .held
-            .iter()
-            .filter(|h| h.load(Ordering::Relaxed))
-            .count()
+        // Relaxed: a count of local bookkeeping, exact once the drops it races with are done.
+        self.shared.held_count.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -641,6 +643,8 @@ fn release_slot(shared: &RxShared, slot: u32) {
     st.shadow.read();
     // Relaxed: ordered before the FREE store below by its Release.
     shared.held[slot as usize].store(false, Ordering::Relaxed);
+    // Relaxed: see `SlabReceiver::held`.
+    shared.held_count.fetch_sub(1, Ordering::Relaxed);
     // Release: pairs with the sender's Acquire load in `SlabSender::reclaim`; every read
     // of the slot through this owner happens before the sender reuses it.
     st.state.store(FREE, Ordering::Release);
