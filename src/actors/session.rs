@@ -200,6 +200,10 @@ pub struct StableSession<M: Item> {
     pump: Option<Pump>,
     stream: Option<SpawnHandle>,
     waiting: VecDeque<(Bytes, oneshot::Sender<Result<(), StableError>>)>,
+    /// Received items not yet handed to the application, in order: the rest of a batch
+    /// frame while the application's mailbox is full (the actor waits, with its mailbox and
+    /// link stream paused, and goes on from here).
+    backlog: VecDeque<Bytes>,
     ack_timer: Option<SpawnHandle>,
     flush_scheduled: bool,
     lost: Option<StableError>,
@@ -233,6 +237,7 @@ impl<M: Item> StableSession<M> {
             pump: None,
             stream: None,
             waiting: VecDeque::new(),
+            backlog: VecDeque::new(),
             ack_timer: None,
             flush_scheduled: false,
             lost: None,
@@ -266,6 +271,7 @@ impl<M: Item> StableSession<M> {
             pump: None,
             stream: None,
             waiting: VecDeque::new(),
+            backlog: VecDeque::new(),
             ack_timer: None,
             flush_scheduled: false,
             lost: None,
@@ -432,25 +438,36 @@ impl<M: Item> StableSession<M> {
         }
     }
 
-    fn deliver(&mut self, item: Bytes, ctx: &mut Context<Self>) {
-        match self.decode(&item) {
-            Ok(m) => match self.recipient.try_send(Incoming(m)) {
-                Ok(()) => {}
-                Err(SendError::Full(msg)) => {
-                    // Wait for the application (pauses our mailbox and the link stream).
-                    let fut = self.recipient.send(msg);
-                    ctx.wait(
-                        async move {
-                            let _ = fut.await;
-                        }
-                        .into_actor(self),
-                    );
-                }
-                Err(SendError::Closed(_)) => {
-                    tracing::debug!("stable session: application recipient is gone");
-                }
-            },
-            Err(error) => self.emit(SessionEvent::ItemUndecodable { error }),
+    /// Hands received items to the application, in order.
+    fn deliver(&mut self, items: impl IntoIterator<Item = Bytes>, ctx: &mut Context<Self>) {
+        self.backlog.extend(items);
+        self.drain_backlog(ctx);
+    }
+
+    /// Delivers the backlog until the application's mailbox is full; then waits for it
+    /// (pausing our mailbox and the link stream) and goes on with the rest afterwards.
+    fn drain_backlog(&mut self, ctx: &mut Context<Self>) {
+        while let Some(item) = self.backlog.pop_front() {
+            match self.decode(&item) {
+                Ok(m) => match self.recipient.try_send(Incoming(m)) {
+                    Ok(()) => {}
+                    Err(SendError::Full(msg)) => {
+                        let fut = self.recipient.send(msg);
+                        ctx.wait(
+                            async move {
+                                let _ = fut.await;
+                            }
+                            .into_actor(self)
+                            .map(|(), act, ctx| act.drain_backlog(ctx)),
+                        );
+                        return;
+                    }
+                    Err(SendError::Closed(_)) => {
+                        tracing::debug!("stable session: application recipient is gone");
+                    }
+                },
+                Err(error) => self.emit(SessionEvent::ItemUndecodable { error }),
+            }
         }
     }
 
@@ -596,7 +613,8 @@ impl<M: Item> StreamHandler<Result<Bytes, StableError>> for StableSession<M> {
             Err(e) => return self.link_failed(e, ctx),
         };
         match self.sess.handle_frame(Instant::now(), msg) {
-            Ok(Received::Item(item)) => self.deliver(item, ctx),
+            Ok(Received::Item(item)) => self.deliver([item], ctx),
+            Ok(Received::Items(items)) => self.deliver(items, ctx),
             Ok(_) => {}
             Err(e) => return self.link_failed(e, ctx),
         }

@@ -78,8 +78,8 @@ use tokio::time::Instant as TokioInstant;
 
 use super::backoff::SplitMix64;
 use super::registry::{Registry, SessionId};
-use super::session::{Accepting, HandshakeOutcome, Session, SessionStats};
-use super::wire::{ClientHello, ServerHello};
+use super::session::{Accepting, HandshakeOutcome, Received, Session, SessionStats};
+use super::wire::{BatchItems, ClientHello, ServerHello};
 use super::{ResumeKey, StableConfig, StableError};
 use crate::links::{send_bytes, Link, LinkError, LinkRx, LinkSource, LinkTx, Permit, WriteSlot};
 
@@ -340,6 +340,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Polled {
     /// An item for the application.
     Item(Bytes),
+    /// Items for the application, in order (at least one).
+    Items(BatchItems),
     /// A message with nothing for the application (an ack, a duplicate).
     Other,
     /// The link failed (already recorded).
@@ -448,9 +450,8 @@ impl Core {
         }
     }
 
-    /// Feeds one link message to the session. Returns an item for the application, if the
-    /// message carried one.
-    fn on_message(&self, st: &mut State, msg: Bytes) -> Result<Option<Bytes>, StableError> {
+    /// Feeds one link message to the session. Returns what it carried for the application.
+    fn on_message(&self, st: &mut State, msg: Bytes) -> Result<Polled, StableError> {
         // The clock matters only to start the ack delay at the first unacknowledged item.
         if st.sess.received_unacked() == 0 {
             st.clock = now();
@@ -474,8 +475,9 @@ impl Core {
             }
         }
         Ok(match received {
-            super::session::Received::Item(item) => Some(item),
-            _ => None,
+            Received::Item(item) => Polled::Item(item),
+            Received::Items(items) => Polled::Items(items),
+            Received::Duplicate { .. } | Received::Ack => Polled::Other,
         })
     }
 
@@ -493,8 +495,7 @@ impl Core {
             Poll::Ready(Some(Ok(msg))) => {
                 st.stream = Some((gen, stream));
                 match self.on_message(st, msg) {
-                    Ok(Some(item)) => Polled::Item(item),
-                    Ok(None) => Polled::Other,
+                    Ok(polled) => polled,
                     Err(e) => {
                         self.fail_link(st, gen, e);
                         Polled::Failed
@@ -649,11 +650,18 @@ impl Core {
         }
     }
 
+    /// `local` holds the rest of a batch frame this receiver took from the link: items
+    /// older than anything in the stash, handed out first and without the lock.
     fn poll_recv(
         &self,
         cx: &mut Context<'_>,
         parked: &mut bool,
+        local: &mut VecDeque<Bytes>,
     ) -> Poll<Result<Bytes, StableError>> {
+        if let Some(item) = local.pop_front() {
+            // `parked` is false: `local` only fills in a poll that returns an item.
+            return Poll::Ready(Ok(item));
+        }
         let mut guard = self.st();
         let st = &mut *guard;
         if let Some(item) = st.stash.pop_front() {
@@ -665,6 +673,14 @@ impl Core {
                 Polled::Item(item) => {
                     self.leave_recv(st, parked);
                     return Poll::Ready(Ok(item));
+                }
+                Polled::Items(mut items) => {
+                    let first = items.next();
+                    local.extend(items);
+                    self.leave_recv(st, parked);
+                    if let Some(item) = first {
+                        return Poll::Ready(Ok(item));
+                    }
                 }
                 Polled::Other | Polled::Failed => {}
                 Polled::Pending | Polled::NoLink => {
@@ -710,6 +726,13 @@ impl Core {
                 Polled::Item(item) => {
                     if !st.receiver_gone {
                         st.stash.push_back(item);
+                        self.app_waker.wake();
+                    }
+                }
+                Polled::Items(items) => {
+                    // One batch may take the stash past its cap; reading stops right after.
+                    if !st.receiver_gone {
+                        st.stash.extend(items);
                         self.app_waker.wake();
                     }
                 }
@@ -874,6 +897,7 @@ impl Drop for StableSender {
 struct Recv<'a> {
     core: &'a Core,
     parked: bool,
+    local: &'a mut VecDeque<Bytes>,
 }
 
 impl Future for Recv<'_> {
@@ -881,7 +905,7 @@ impl Future for Recv<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        this.core.poll_recv(cx, &mut this.parked)
+        this.core.poll_recv(cx, &mut this.parked, this.local)
     }
 }
 
@@ -901,6 +925,8 @@ impl Drop for Recv<'_> {
 /// The receiving half of a [`StableConn`].
 pub struct StableReceiver {
     core: Arc<Core>,
+    /// The rest of the last batch frame `recv` took from the link (see `Core::poll_recv`).
+    local: VecDeque<Bytes>,
 }
 
 impl StableReceiver {
@@ -910,6 +936,7 @@ impl StableReceiver {
         Recv {
             core: &self.core,
             parked: false,
+            local: &mut self.local,
         }
         .await
     }
@@ -971,7 +998,10 @@ fn new_conn(sess: Session, driver: &DriverConfig) -> (StableConn, Arc<Core>) {
     (
         StableConn {
             sender: StableSender { core: core.clone() },
-            receiver: StableReceiver { core: core.clone() },
+            receiver: StableReceiver {
+                core: core.clone(),
+                local: VecDeque::new(),
+            },
             events: Some(events),
             core: core.clone(),
         },

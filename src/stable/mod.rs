@@ -239,6 +239,14 @@ pub struct StableConfig {
     /// A standalone ack is sent this long after the oldest unacknowledged arrival if none
     /// was sent otherwise. Default 5 ms.
     pub ack_delay: Duration,
+    /// Largest batch frame, in bytes: when several items wait to be sent, consecutive ones
+    /// travel in one link message ([`wire::FRAME_BATCH`]) as long as the frame stays within
+    /// this size (an item that would not fit goes in the next frame; an item larger than it
+    /// alone goes in a data frame of its own). Default 16 KiB; below 30 bytes (a batch
+    /// header and two empty items) nothing is batched. Clamped to `max_item_len` + 9 so that
+    /// a batch fits any link a single item fits. A receiver keeps a batch's link message
+    /// alive while the application holds any item of it.
+    pub max_batch_bytes: usize,
     /// Server side: how long a session without a link stays resumable. Default 30 s.
     pub resume_grace: Duration,
     /// Server side: most sessions registered at once, with a link or within their grace
@@ -264,6 +272,7 @@ impl Default for StableConfig {
             max_item_len: 16 * 1024 * 1024 - 64,
             ack_every: 32,
             ack_delay: Duration::from_millis(5),
+            max_batch_bytes: 16 * 1024,
             resume_grace: Duration::from_secs(30),
             max_sessions: 4096,
             reconnect: ReconnectPolicy::default(),
@@ -304,6 +313,13 @@ impl StableConfig {
     /// The largest item this configuration can send, in bytes.
     pub fn effective_max_item(&self) -> usize {
         self.max_item_len.min(self.replay_max_bytes)
+    }
+
+    /// The largest batch frame this configuration sends, in bytes (see
+    /// [`max_batch_bytes`](StableConfig::max_batch_bytes)).
+    pub fn effective_max_batch(&self) -> usize {
+        self.max_batch_bytes
+            .min(self.max_item_len.saturating_add(wire::DATA_HEADER_LEN))
     }
 }
 

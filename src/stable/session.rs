@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::wire::{self, seq, ClientHello, Frame, ServerHello};
+use super::wire::{self, seq, BatchItems, ClientHello, Frame, ServerHello};
 use super::{ResumeKey, StableConfig, StableError};
 
 /// Which side of the handshake a session plays.
@@ -64,6 +64,9 @@ pub enum HandshakeOutcome {
 pub enum Received {
     /// The next item in order: deliver it to the application.
     Item(Bytes),
+    /// The next items in order, from a batch frame (at least one; any the receiver had
+    /// already were dropped): deliver them all, in iteration order.
+    Items(BatchItems),
     /// An item received before (its sequence number is behind): dropped.
     Duplicate {
         /// Its sequence number.
@@ -77,16 +80,39 @@ pub enum Received {
 /// [`write_to`](Transmit::write_to).
 #[derive(Debug, Clone)]
 pub struct Transmit {
-    header: [u8; wire::DATA_HEADER_LEN],
+    header: [u8; wire::BATCH_HEADER_LEN],
     header_len: usize,
-    item: Bytes,
+    body: Body,
+}
+
+/// What follows a [`Transmit`]'s header.
+#[derive(Debug, Clone)]
+enum Body {
+    /// A data frame's item, or nothing (an ack frame).
+    One(Bytes),
+    /// A batch frame's items, each written behind its length; `len` is their total size
+    /// on the wire, prefixes included.
+    Many { items: Vec<Bytes>, len: usize },
 }
 
 impl Transmit {
     /// Length of the frame in bytes.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
-        self.header_len + self.item.len()
+        self.header_len
+            + match &self.body {
+                Body::One(item) => item.len(),
+                Body::Many { len, .. } => *len,
+            }
+    }
+
+    /// Items the frame carries (0 for an ack frame).
+    pub fn items(&self) -> usize {
+        match &self.body {
+            Body::One(_) if self.is_ack() => 0,
+            Body::One(_) => 1,
+            Body::Many { items, .. } => items.len(),
+        }
     }
 
     /// Writes the frame into `out`, which must be exactly [`len`](Transmit::len) bytes.
@@ -95,8 +121,21 @@ impl Transmit {
         if out.len() != self.len() {
             return false;
         }
-        out[..self.header_len].copy_from_slice(&self.header[..self.header_len]);
-        out[self.header_len..].copy_from_slice(&self.item);
+        let (head, mut rest) = out.split_at_mut(self.header_len);
+        head.copy_from_slice(&self.header[..self.header_len]);
+        match &self.body {
+            Body::One(item) => rest.copy_from_slice(item),
+            Body::Many { items, .. } => {
+                for item in items {
+                    let (prefix, tail) = rest.split_at_mut(wire::BATCH_ITEM_PREFIX);
+                    // Items of a batch are at most `max_batch_bytes` long: they fit a u32.
+                    prefix.copy_from_slice(&(item.len() as u32).to_le_bytes());
+                    let (body, tail) = tail.split_at_mut(item.len());
+                    body.copy_from_slice(item);
+                    rest = tail;
+                }
+            }
+        }
         true
     }
 
@@ -118,8 +157,11 @@ impl Transmit {
 pub struct SessionStats {
     /// Items accepted by [`Session::push`].
     pub items_pushed: u64,
-    /// Data frames handed out by [`Session::poll_transmit`], replays included.
+    /// Data and batch frames handed out by [`Session::poll_transmit`], replays included.
     pub data_frames_sent: u64,
+    /// Items in those frames (replays included): above `data_frames_sent` when items were
+    /// batched.
+    pub items_sent: u64,
     /// Items queued for replay by resumes, summed over all resumes.
     pub items_replayed: u64,
     /// Standalone ack frames handed out.
@@ -236,6 +278,12 @@ impl Session {
         self.replay_bytes
     }
 
+    /// Items in the replay buffer not yet sent on the current link (all of them while the
+    /// link is down).
+    pub fn unsent(&self) -> usize {
+        self.replay.len() - self.cursor
+    }
+
     /// Sequence number the next pushed item will get.
     pub fn next_seq(&self) -> u32 {
         self.peer_acked
@@ -322,9 +370,28 @@ impl Session {
         self.phase == Phase::Up && (self.cursor < self.replay.len() || self.ack_due(now))
     }
 
+    /// How many unsent items, from the cursor on, travel in the next frame, and the size of
+    /// their batch body (length prefixes included). One item alone goes in a data frame.
+    fn next_batch(&self) -> (usize, usize) {
+        let max = self.config.effective_max_batch();
+        let mut len = wire::BATCH_HEADER_LEN;
+        let mut n = 0;
+        for item in self.replay.range(self.cursor..) {
+            let entry = wire::BATCH_ITEM_PREFIX + item.len();
+            if n == wire::MAX_BATCH_ITEMS as usize || len.saturating_add(entry) > max {
+                break;
+            }
+            len += entry;
+            n += 1;
+        }
+        (n, len - wire::BATCH_HEADER_LEN)
+    }
+
     /// The next frame to write on the link, if any: first every unacknowledged item not yet
-    /// sent on this link (replays, then new items, in sequence order), each carrying the
-    /// current ack; otherwise a standalone ack if one is due.
+    /// sent on this link (replays, then new items, in sequence order), carrying the current
+    /// ack — consecutive items together in one batch frame up to
+    /// [`StableConfig::max_batch_bytes`], an item alone in a data frame; otherwise a
+    /// standalone ack if one is due.
     ///
     /// Call it once a link permit is held, and write the frame into that permit: a frame
     /// handed out counts as sent on this link.
@@ -337,22 +404,42 @@ impl Session {
                 .peer_acked
                 .wrapping_add(1)
                 .wrapping_add(self.cursor as u32);
-            let mut header = [0u8; wire::DATA_HEADER_LEN];
-            wire::put_data_header(&mut header, seq, self.rx_last);
-            let t = Transmit {
-                header,
-                header_len: wire::DATA_HEADER_LEN,
-                item: item.clone(),
+            let mut header = [0u8; wire::BATCH_HEADER_LEN];
+            let (n, body_len) = self.next_batch();
+            let t = if n >= 2 {
+                wire::put_batch_header(&mut header, seq, self.rx_last, n as u32);
+                let items = self
+                    .replay
+                    .range(self.cursor..self.cursor + n)
+                    .cloned()
+                    .collect();
+                Transmit {
+                    header,
+                    header_len: wire::BATCH_HEADER_LEN,
+                    body: Body::Many {
+                        items,
+                        len: body_len,
+                    },
+                }
+            } else {
+                wire::put_data_header(&mut header, seq, self.rx_last);
+                Transmit {
+                    header,
+                    header_len: wire::DATA_HEADER_LEN,
+                    body: Body::One(item.clone()),
+                }
             };
-            self.cursor += 1;
+            let n = n.max(1);
+            self.cursor += n;
             self.rx_unacked = 0;
             self.rx_unacked_bytes = 0;
             self.rx_unacked_since = None;
             self.stats.data_frames_sent += 1;
+            self.stats.items_sent += n as u64;
             return Some(t);
         }
         if self.ack_due(now) {
-            let mut header = [0u8; wire::DATA_HEADER_LEN];
+            let mut header = [0u8; wire::BATCH_HEADER_LEN];
             wire::put_ack_frame(&mut header, self.rx_last);
             self.rx_unacked = 0;
             self.rx_unacked_bytes = 0;
@@ -361,7 +448,7 @@ impl Session {
             return Some(Transmit {
                 header,
                 header_len: wire::ACK_FRAME_LEN,
-                item: Bytes::new(),
+                body: Body::One(Bytes::new()),
             });
         }
         None
@@ -425,6 +512,41 @@ impl Session {
                          from the future)"
                     )))
                 }
+            }
+            Frame::Batch {
+                first_seq,
+                ack,
+                mut items,
+            } => {
+                self.apply_ack(ack)?;
+                let count = items.remaining();
+                let expected = self.rx_last.wrapping_add(1);
+                // Items `first_seq .. expected` arrived before (a replay overlapping what we
+                // had): drop them; a batch starting after `expected` leaves a gap.
+                let dup = if first_seq == expected {
+                    0
+                } else if seq::lt(first_seq, expected) {
+                    seq::distance(first_seq, expected)
+                } else {
+                    return Err(StableError::Protocol(format!(
+                        "received a batch from sequence number {first_seq}, expected \
+                         {expected} (gap or frame from the future)"
+                    )));
+                };
+                if dup >= count {
+                    self.stats.duplicates_dropped += u64::from(count);
+                    return Ok(Received::Duplicate { seq: first_seq });
+                }
+                items.skip_items(dup);
+                let fresh = count - dup;
+                self.stats.duplicates_dropped += u64::from(dup);
+                self.rx_last = first_seq.wrapping_add(count - 1);
+                self.rx_unacked = self.rx_unacked.saturating_add(fresh);
+                self.rx_unacked_bytes =
+                    self.rx_unacked_bytes.saturating_add(items.remaining_bytes());
+                self.rx_unacked_since.get_or_insert(now);
+                self.stats.items_received += u64::from(fresh);
+                Ok(Received::Items(items))
             }
         }
     }
@@ -712,15 +834,13 @@ mod tests {
                     moved = true;
                 }
                 while let Some(m) = self.c2s.pop_front() {
-                    if let Received::Item(b) = self.s.handle_frame(self.now, m).unwrap() {
-                        self.got_s.push(b);
-                    }
+                    let r = self.s.handle_frame(self.now, m).unwrap();
+                    self.got_s.extend(delivered(r));
                     moved = true;
                 }
                 while let Some(m) = self.s2c.pop_front() {
-                    if let Received::Item(b) = self.c.handle_frame(self.now, m).unwrap() {
-                        self.got_c.push(b);
-                    }
+                    let r = self.c.handle_frame(self.now, m).unwrap();
+                    self.got_c.extend(delivered(r));
                     moved = true;
                 }
                 if !moved {
@@ -747,6 +867,15 @@ mod tests {
 
     fn item(i: u32) -> Bytes {
         Bytes::from(i.to_le_bytes().to_vec())
+    }
+
+    /// The items a received frame hands to the application.
+    fn delivered(r: Received) -> Vec<Bytes> {
+        match r {
+            Received::Item(b) => vec![b],
+            Received::Items(items) => items.collect(),
+            Received::Duplicate { .. } | Received::Ack => vec![],
+        }
     }
 
     #[test]
@@ -862,9 +991,17 @@ mod tests {
         assert_eq!(p.c.stats().resumes, 1);
     }
 
+    /// `cfg()` with one item per frame (no batch frames).
+    fn unbatched() -> StableConfig {
+        StableConfig {
+            max_batch_bytes: 0,
+            ..cfg()
+        }
+    }
+
     #[test]
     fn three_resumes_in_a_row() {
-        let mut p = Pair::new(cfg());
+        let mut p = Pair::new(unbatched());
         let mut n = 0;
         for round in 0..3 {
             for _ in 0..3 {
@@ -896,7 +1033,7 @@ mod tests {
 
     #[test]
     fn duplicates_dropped_gaps_and_bad_acks_are_errors() {
-        let mut p = Pair::new(cfg());
+        let mut p = Pair::new(unbatched());
         p.c.push(item(0)).unwrap();
         p.c.push(item(1)).unwrap();
         let f0 = Bytes::from(p.c.poll_transmit(p.now).unwrap().to_vec());
@@ -1012,6 +1149,86 @@ mod tests {
     }
 
     #[test]
+    fn pending_items_travel_in_batches_within_the_bound() {
+        // 4-byte items: a batch entry is 8 bytes, so 13 + 3 * 8 = 37 fits three.
+        let mut p = Pair::new(StableConfig {
+            max_batch_bytes: 37,
+            ..cfg()
+        });
+        for i in 0..7 {
+            p.c.push(item(i)).unwrap();
+        }
+        let sizes: Vec<usize> = std::iter::from_fn(|| p.c.poll_transmit(p.now))
+            .map(|t| {
+                let n = t.items();
+                p.c2s.push_back(Bytes::from(t.to_vec()));
+                n
+            })
+            .collect();
+        assert_eq!(sizes, vec![3, 3, 1]);
+        assert_eq!(p.c.stats().data_frames_sent, 3);
+        assert_eq!(p.c.stats().items_sent, 7);
+        // The lone last item went in a plain data frame.
+        assert_eq!(p.c2s[2][0], wire::FRAME_DATA);
+        assert_eq!(p.c2s[0][0], wire::FRAME_BATCH);
+        p.pump();
+        assert_eq!(p.got_s, (0..7).map(item).collect::<Vec<_>>());
+        assert_eq!(p.c.unacked(), 0);
+        // An item too large for a batch goes alone; smaller ones around it still batch.
+        let big = Bytes::from(vec![9u8; 100]);
+        for b in [item(7), big.clone(), item(8), item(9)] {
+            p.c.push(b).unwrap();
+        }
+        let counts: Vec<usize> = std::iter::from_fn(|| p.c.poll_transmit(p.now))
+            .map(|t| t.items())
+            .collect();
+        assert_eq!(counts, vec![1, 1, 2]);
+    }
+
+    #[test]
+    fn batches_drop_a_duplicate_prefix_and_refuse_gaps() {
+        let mut p = Pair::new(cfg());
+        for i in 0..3 {
+            p.c.push(item(i)).unwrap();
+        }
+        let batch = Bytes::from(p.c.poll_transmit(p.now).unwrap().to_vec());
+        assert_eq!(batch[0], wire::FRAME_BATCH);
+        // The first item arrived before on its own (seq 1).
+        let mut single = vec![0u8; wire::DATA_HEADER_LEN + 4];
+        wire::put_data_header(&mut single, 1, 0);
+        single[wire::DATA_HEADER_LEN..].copy_from_slice(&item(0));
+        assert!(matches!(
+            p.s.handle_frame(p.now, Bytes::from(single)),
+            Ok(Received::Item(_))
+        ));
+        let got = delivered(p.s.handle_frame(p.now, batch.clone()).unwrap());
+        assert_eq!(got, vec![item(1), item(2)]);
+        assert_eq!(p.s.stats().duplicates_dropped, 1);
+        assert_eq!(p.s.stats().items_received, 3);
+        assert_eq!(p.s.last_received(), 3);
+        // The whole batch again: all duplicates.
+        assert_eq!(
+            p.s.handle_frame(p.now, batch.clone()).unwrap(),
+            Received::Duplicate { seq: 1 }
+        );
+        assert_eq!(p.s.stats().duplicates_dropped, 4);
+        // A batch starting past the next expected number leaves a gap.
+        let mut gap = batch.to_vec();
+        gap[1..5].copy_from_slice(&5u32.to_le_bytes());
+        assert!(matches!(
+            p.s.handle_frame(p.now, Bytes::from(gap)),
+            Err(StableError::Protocol(_))
+        ));
+        // A batch acknowledging an item never sent is refused like a data frame.
+        let mut bad_ack = batch.to_vec();
+        bad_ack[5..9].copy_from_slice(&50u32.to_le_bytes());
+        assert!(matches!(
+            p.c.handle_frame(p.now, Bytes::from(bad_ack)),
+            Err(StableError::Protocol(_))
+        ));
+    }
+
+    #[test]
     fn sequence_wrap_around() {
         let config = StableConfig {
             initial_seq: u32::MAX - 3,
@@ -1072,8 +1289,13 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(200))]
             #[test]
-            fn exactly_once_in_order(ops in proptest::collection::vec(op(), 1..300), start in prop_oneof![Just(1u32), Just(u32::MAX - 20), any::<u32>()]) {
-                let config = StableConfig { initial_seq: start, ..cfg() };
+            fn exactly_once_in_order(
+                ops in proptest::collection::vec(op(), 1..300),
+                start in prop_oneof![Just(1u32), Just(u32::MAX - 20), any::<u32>()],
+                // No batches, batches of two 4-byte items, or of up to ten.
+                batch in prop_oneof![Just(0usize), Just(30usize), 30usize..100],
+            ) {
+                let config = StableConfig { initial_seq: start, max_batch_bytes: batch, ..cfg() };
                 let mut p = Pair::new(config);
                 let (mut next_c, mut next_s) = (0u32, 0u32);
                 let mut want_s: Vec<Bytes> = vec![];
@@ -1090,12 +1312,14 @@ mod tests {
                         Op::TransmitS => if let Some(t) = p.s.poll_transmit(p.now) { p.s2c.push_back(Bytes::from(t.to_vec())); },
                         Op::DeliverC2S(n) => for _ in 0..n {
                             if let Some(m) = p.c2s.pop_front() {
-                                if let Received::Item(b) = p.s.handle_frame(p.now, m).unwrap() { p.got_s.push(b); }
+                                let r = p.s.handle_frame(p.now, m).unwrap();
+                                p.got_s.extend(delivered(r));
                             }
                         },
                         Op::DeliverS2C(n) => for _ in 0..n {
                             if let Some(m) = p.s2c.pop_front() {
-                                if let Received::Item(b) = p.c.handle_frame(p.now, m).unwrap() { p.got_c.push(b); }
+                                let r = p.c.handle_frame(p.now, m).unwrap();
+                                p.got_c.extend(delivered(r));
                             }
                         },
                         Op::Tick(ms) => p.now += Duration::from_millis(ms as u64),

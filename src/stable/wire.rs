@@ -11,8 +11,10 @@ use super::{ResumeKey, StableError};
 pub const CLIENT_MAGIC: [u8; 4] = *b"TTSC";
 /// Magic of a [`ServerHello`]: the bytes `"TTSS"` (tether stable, server).
 pub const SERVER_MAGIC: [u8; 4] = *b"TTSS";
-/// The only protocol version this implementation speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The only protocol version this implementation speaks. Version 2 added the batch frame
+/// ([`FRAME_BATCH`]); version 1 peers are refused at the handshake with
+/// [`StableError::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// [`ClientHello`] flag: `resume_key` holds the key of the session to resume.
 pub const CLIENT_HAS_RESUME_KEY: u16 = 1 << 0;
@@ -233,6 +235,71 @@ pub const FRAME_ACK: u8 = 1;
 pub const DATA_HEADER_LEN: usize = 9;
 /// Length of an ack frame: type, ack.
 pub const ACK_FRAME_LEN: usize = 5;
+/// Frame type byte of a batch frame: several consecutive items in one link message.
+pub const FRAME_BATCH: u8 = 2;
+/// Header length of a batch frame: type, first seq, ack, item count.
+pub const BATCH_HEADER_LEN: usize = 13;
+/// Bytes in front of each item of a batch frame: its length, `u32` LE.
+pub const BATCH_ITEM_PREFIX: usize = 4;
+/// Most items one batch frame may carry (a larger count is a protocol error).
+pub const MAX_BATCH_ITEMS: u32 = 1 << 20;
+
+/// The items of a decoded batch frame, in sequence order: zero-copy slices of the received
+/// message. Validated when the frame was decoded, so iterating cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItems {
+    /// `[len][item]` entries not yet handed out.
+    rest: Bytes,
+    /// Entries left in `rest`.
+    count: u32,
+}
+
+impl BatchItems {
+    /// Items not yet handed out.
+    pub fn remaining(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes of the items not yet handed out (without their length prefixes).
+    pub fn remaining_bytes(&self) -> usize {
+        self.rest.len() - self.count as usize * BATCH_ITEM_PREFIX
+    }
+
+    /// Drops the next `n` items (or all that are left) without handing them out.
+    pub fn skip_items(&mut self, n: u32) {
+        for _ in 0..n.min(self.count) {
+            let len = self.next_len();
+            bytes::Buf::advance(&mut self.rest, BATCH_ITEM_PREFIX + len);
+            self.count -= 1;
+        }
+    }
+
+    /// Length of the next item (validated at decode: the prefix and the item are there).
+    fn next_len(&self) -> usize {
+        let b = &self.rest;
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+    }
+}
+
+impl Iterator for BatchItems {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.count == 0 {
+            return None;
+        }
+        let len = self.next_len();
+        bytes::Buf::advance(&mut self.rest, BATCH_ITEM_PREFIX);
+        self.count -= 1;
+        Some(self.rest.split_to(len))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.count as usize, Some(self.count as usize))
+    }
+}
+
+impl ExactSizeIterator for BatchItems {}
 
 /// A decoded session frame (after the handshake).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +317,16 @@ pub enum Frame {
     Ack {
         /// Last sequence number the sender received in order from us.
         ack: u32,
+    },
+    /// Consecutive items: the first has sequence number `first_seq`, the next ones count up
+    /// from it (wrapping).
+    Batch {
+        /// Sequence number of the first item.
+        first_seq: u32,
+        /// Last sequence number the sender received in order from us.
+        ack: u32,
+        /// The items, at least one.
+        items: BatchItems,
     },
 }
 
@@ -287,6 +364,54 @@ impl Frame {
                 }
                 Ok(Frame::Ack { ack: u32_at(1) })
             }
+            FRAME_BATCH => {
+                if msg.len() < BATCH_HEADER_LEN {
+                    return Err(StableError::Protocol(format!(
+                        "batch frame of {} bytes is shorter than its {BATCH_HEADER_LEN}-byte \
+                         header",
+                        msg.len()
+                    )));
+                }
+                let (first_seq, ack, count) = (u32_at(1), u32_at(5), u32_at(9));
+                if count == 0 || count > MAX_BATCH_ITEMS {
+                    return Err(StableError::Protocol(format!(
+                        "batch frame claims {count} items (1 to {MAX_BATCH_ITEMS} allowed)"
+                    )));
+                }
+                // Walk the entries once: every prefix and item must be inside the message,
+                // and the last one must end exactly at its end.
+                let mut pos = BATCH_HEADER_LEN;
+                for i in 0..count {
+                    if msg.len() - pos < BATCH_ITEM_PREFIX {
+                        return Err(StableError::Protocol(format!(
+                            "batch frame of {} bytes ends before the length of item {i} of \
+                             {count}",
+                            msg.len()
+                        )));
+                    }
+                    let len = u32_at(pos) as usize;
+                    pos += BATCH_ITEM_PREFIX;
+                    if msg.len() - pos < len {
+                        return Err(StableError::Protocol(format!(
+                            "batch frame item {i} of {count} claims {len} bytes, {} are left",
+                            msg.len() - pos
+                        )));
+                    }
+                    pos += len;
+                }
+                if pos != msg.len() {
+                    return Err(StableError::Protocol(format!(
+                        "batch frame has {} bytes after its {count} items",
+                        msg.len() - pos
+                    )));
+                }
+                bytes::Buf::advance(&mut msg, BATCH_HEADER_LEN);
+                Ok(Frame::Batch {
+                    first_seq,
+                    ack,
+                    items: BatchItems { rest: msg, count },
+                })
+            }
             other => Err(StableError::Protocol(format!(
                 "unknown session frame type {other}"
             ))),
@@ -299,6 +424,14 @@ pub fn put_data_header(out: &mut [u8], seq: u32, ack: u32) {
     out[0] = FRAME_DATA;
     out[1..5].copy_from_slice(&seq.to_le_bytes());
     out[5..9].copy_from_slice(&ack.to_le_bytes());
+}
+
+/// Writes a batch frame header into `out[..13]`.
+pub fn put_batch_header(out: &mut [u8], first_seq: u32, ack: u32, count: u32) {
+    out[0] = FRAME_BATCH;
+    out[1..5].copy_from_slice(&first_seq.to_le_bytes());
+    out[5..9].copy_from_slice(&ack.to_le_bytes());
+    out[9..13].copy_from_slice(&count.to_le_bytes());
 }
 
 /// Writes an ack frame into `out[..5]`.
@@ -339,7 +472,7 @@ mod tests {
         let h = ClientHello::resume(&key, 0xAABB_CCDD);
         let b = h.to_bytes();
         assert_eq!(&b[0..4], b"TTSC");
-        assert_eq!(&b[4..6], &[1, 0]);
+        assert_eq!(&b[4..6], &[2, 0]);
         assert_eq!(&b[6..8], &[3, 0]);
         assert_eq!(&b[8..24], &[7; 16]);
         assert_eq!(&b[24..28], &[0xDD, 0xCC, 0xBB, 0xAA]);
@@ -379,12 +512,14 @@ mod tests {
             ClientHello::parse(&ServerHello::rejected().to_bytes()),
             Err(StableError::BadMagic { .. })
         ));
-        let mut v2 = good;
-        v2[4] = 2;
-        assert!(matches!(
-            ClientHello::parse(&v2),
-            Err(StableError::UnsupportedVersion { found: 2, .. })
-        ));
+        for old_or_new in [1u8, 3] {
+            let mut v = good;
+            v[4] = old_or_new;
+            assert!(matches!(
+                ClientHello::parse(&v),
+                Err(StableError::UnsupportedVersion { found, supported: 2 }) if found == u16::from(old_or_new)
+            ));
+        }
         let mut flags = good;
         flags[6] = 0x80;
         assert!(matches!(
@@ -429,6 +564,60 @@ mod tests {
                 Frame::decode(Bytes::copy_from_slice(bad)),
                 Err(StableError::Protocol(_))
             ));
+        }
+    }
+
+    fn batch(first_seq: u32, ack: u32, items: &[&[u8]]) -> Vec<u8> {
+        let mut v = vec![0u8; BATCH_HEADER_LEN];
+        put_batch_header(&mut v, first_seq, ack, items.len() as u32);
+        for i in items {
+            v.extend_from_slice(&(i.len() as u32).to_le_bytes());
+            v.extend_from_slice(i);
+        }
+        v
+    }
+
+    #[test]
+    fn batch_frames_decode_and_iterate() {
+        let msg = batch(u32::MAX, 4, &[b"ab", b"", b"cde"]);
+        let Frame::Batch {
+            first_seq,
+            ack,
+            mut items,
+        } = Frame::decode(Bytes::from(msg)).unwrap()
+        else {
+            panic!("not a batch")
+        };
+        assert_eq!((first_seq, ack, items.remaining()), (u32::MAX, 4, 3));
+        assert_eq!(items.remaining_bytes(), 5);
+        assert_eq!(items.len(), 3);
+        items.skip_items(1);
+        assert_eq!(items.remaining_bytes(), 3);
+        let rest: Vec<Bytes> = items.collect();
+        assert_eq!(rest, vec![Bytes::new(), Bytes::from_static(b"cde")]);
+
+        let good = batch(1, 0, &[b"xy", b"z"]);
+        let mut bad: Vec<Vec<u8>> = vec![
+            good[..BATCH_HEADER_LEN - 1].to_vec(), // short header
+            good[..good.len() - 1].to_vec(),       // last item cut
+            good[..BATCH_HEADER_LEN + 2].to_vec(), // cut inside a length prefix
+            [&good[..], &[0][..]].concat(),        // trailing byte
+            batch(1, 0, &[]),                      // zero items
+        ];
+        let mut huge_len = good.clone();
+        huge_len[BATCH_HEADER_LEN..BATCH_HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        bad.push(huge_len);
+        let mut huge_count = good.clone();
+        huge_count[9..13].copy_from_slice(&(MAX_BATCH_ITEMS + 1).to_le_bytes());
+        bad.push(huge_count);
+        let mut more_claimed = good;
+        more_claimed[9] = 3;
+        bad.push(more_claimed);
+        for b in bad {
+            assert!(
+                matches!(Frame::decode(Bytes::from(b.clone())), Err(StableError::Protocol(_))),
+                "{b:?}"
+            );
         }
     }
 
