@@ -95,6 +95,31 @@ enum Body {
     Many { items: Vec<Bytes>, len: usize },
 }
 
+/// The next frame [`Session`] will hand out.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// The item at the cursor, alone in a data frame.
+    Data,
+    /// `n` items from the cursor on in a batch frame whose body (length prefixes included)
+    /// is `body_len` bytes.
+    Batch { n: usize, body_len: usize },
+    /// A standalone ack.
+    Ack,
+}
+
+/// Writes batch entries (`[len: u32 LE][item]` each) into `out`, which the caller sized to
+/// hold them exactly.
+fn write_batch_body<'a>(items: impl Iterator<Item = &'a Bytes>, mut out: &mut [u8]) {
+    for item in items {
+        let (prefix, tail) = out.split_at_mut(wire::BATCH_ITEM_PREFIX);
+        // Items of a batch are at most `max_batch_bytes` long: they fit a u32.
+        prefix.copy_from_slice(&(item.len() as u32).to_le_bytes());
+        let (body, tail) = tail.split_at_mut(item.len());
+        body.copy_from_slice(item);
+        out = tail;
+    }
+}
+
 impl Transmit {
     /// Length of the frame in bytes.
     #[allow(clippy::len_without_is_empty)]
@@ -121,20 +146,11 @@ impl Transmit {
         if out.len() != self.len() {
             return false;
         }
-        let (head, mut rest) = out.split_at_mut(self.header_len);
+        let (head, rest) = out.split_at_mut(self.header_len);
         head.copy_from_slice(&self.header[..self.header_len]);
         match &self.body {
             Body::One(item) => rest.copy_from_slice(item),
-            Body::Many { items, .. } => {
-                for item in items {
-                    let (prefix, tail) = rest.split_at_mut(wire::BATCH_ITEM_PREFIX);
-                    // Items of a batch are at most `max_batch_bytes` long: they fit a u32.
-                    prefix.copy_from_slice(&(item.len() as u32).to_le_bytes());
-                    let (body, tail) = tail.split_at_mut(item.len());
-                    body.copy_from_slice(item);
-                    rest = tail;
-                }
-            }
+            Body::Many { items, .. } => write_batch_body(items.iter(), rest),
         }
         true
     }
@@ -396,62 +412,126 @@ impl Session {
     /// Call it once a link permit is held, and write the frame into that permit: a frame
     /// handed out counts as sent on this link.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if self.phase != Phase::Up {
-            return None;
-        }
-        if let Some(item) = self.replay.get(self.cursor) {
-            let seq = self
-                .peer_acked
-                .wrapping_add(1)
-                .wrapping_add(self.cursor as u32);
-            let mut header = [0u8; wire::BATCH_HEADER_LEN];
-            let (n, body_len) = self.next_batch();
-            let t = if n >= 2 {
-                wire::put_batch_header(&mut header, seq, self.rx_last, n as u32);
-                let items = self
+        let plan = self.plan_transmit(now)?;
+        let mut header = [0u8; wire::BATCH_HEADER_LEN];
+        let header_len = self.put_header(&plan, &mut header);
+        let body = match plan {
+            Plan::Data => Body::One(self.replay[self.cursor].clone()),
+            Plan::Batch { n, body_len } => Body::Many {
+                items: self
                     .replay
                     .range(self.cursor..self.cursor + n)
                     .cloned()
-                    .collect();
-                Transmit {
-                    header,
-                    header_len: wire::BATCH_HEADER_LEN,
-                    body: Body::Many {
-                        items,
-                        len: body_len,
-                    },
-                }
-            } else {
-                wire::put_data_header(&mut header, seq, self.rx_last);
-                Transmit {
-                    header,
-                    header_len: wire::DATA_HEADER_LEN,
-                    body: Body::One(item.clone()),
-                }
-            };
-            let n = n.max(1);
-            self.cursor += n;
-            self.rx_unacked = 0;
-            self.rx_unacked_bytes = 0;
-            self.rx_unacked_since = None;
-            self.stats.data_frames_sent += 1;
-            self.stats.items_sent += n as u64;
-            return Some(t);
+                    .collect(),
+                len: body_len,
+            },
+            Plan::Ack => Body::One(Bytes::new()),
+        };
+        self.mark_sent(&plan);
+        Some(Transmit {
+            header,
+            header_len,
+            body,
+        })
+    }
+
+    /// Length in bytes of the frame [`poll_transmit`](Session::poll_transmit) (or
+    /// [`transmit_into`](Session::transmit_into)) would hand out now, if any.
+    pub fn next_transmit_len(&self, now: Instant) -> Option<usize> {
+        Some(match self.plan_transmit(now)? {
+            Plan::Data => wire::DATA_HEADER_LEN + self.replay[self.cursor].len(),
+            Plan::Batch { body_len, .. } => wire::BATCH_HEADER_LEN + body_len,
+            Plan::Ack => wire::ACK_FRAME_LEN,
+        })
+    }
+
+    /// [`poll_transmit`](Session::poll_transmit) without the intermediate [`Transmit`]:
+    /// writes the next frame straight into `out`, which must be exactly
+    /// [`next_transmit_len`](Session::next_transmit_len) bytes (a link write slot), and
+    /// counts it as sent. Returns `false`, writing and sending nothing, when no frame is due
+    /// or `out` has another length.
+    pub fn transmit_into(&mut self, now: Instant, out: &mut [u8]) -> bool {
+        let Some(plan) = self.plan_transmit(now) else {
+            return false;
+        };
+        let mut header = [0u8; wire::BATCH_HEADER_LEN];
+        let header_len = self.put_header(&plan, &mut header);
+        let body = match plan {
+            Plan::Data => self.replay[self.cursor].len(),
+            Plan::Batch { body_len, .. } => body_len,
+            Plan::Ack => 0,
+        };
+        if out.len() != header_len + body {
+            return false;
         }
-        if self.ack_due(now) {
-            let mut header = [0u8; wire::BATCH_HEADER_LEN];
-            wire::put_ack_frame(&mut header, self.rx_last);
-            self.rx_unacked = 0;
-            self.rx_unacked_bytes = 0;
-            self.rx_unacked_since = None;
-            self.stats.acks_sent += 1;
-            return Some(Transmit {
-                header,
-                header_len: wire::ACK_FRAME_LEN,
-                body: Body::One(Bytes::new()),
+        let (head, rest) = out.split_at_mut(header_len);
+        head.copy_from_slice(&header[..header_len]);
+        match plan {
+            Plan::Data => rest.copy_from_slice(&self.replay[self.cursor]),
+            Plan::Batch { n, .. } => {
+                write_batch_body(self.replay.range(self.cursor..self.cursor + n), rest)
+            }
+            Plan::Ack => {}
+        }
+        self.mark_sent(&plan);
+        true
+    }
+
+    /// What the next frame is, if one is due.
+    fn plan_transmit(&self, now: Instant) -> Option<Plan> {
+        if self.phase != Phase::Up {
+            return None;
+        }
+        if self.cursor < self.replay.len() {
+            let (n, body_len) = self.next_batch();
+            return Some(if n >= 2 {
+                Plan::Batch { n, body_len }
+            } else {
+                Plan::Data
             });
         }
-        None
+        self.ack_due(now).then_some(Plan::Ack)
+    }
+
+    /// Writes the planned frame's header into `out` and returns its length.
+    fn put_header(&self, plan: &Plan, out: &mut [u8; wire::BATCH_HEADER_LEN]) -> usize {
+        let seq = self
+            .peer_acked
+            .wrapping_add(1)
+            .wrapping_add(self.cursor as u32);
+        match plan {
+            Plan::Data => {
+                wire::put_data_header(out, seq, self.rx_last);
+                wire::DATA_HEADER_LEN
+            }
+            Plan::Batch { n, .. } => {
+                wire::put_batch_header(out, seq, self.rx_last, *n as u32);
+                wire::BATCH_HEADER_LEN
+            }
+            Plan::Ack => {
+                wire::put_ack_frame(out, self.rx_last);
+                wire::ACK_FRAME_LEN
+            }
+        }
+    }
+
+    /// The planned frame was handed out: it counts as sent on this link, and it carried
+    /// the current ack.
+    fn mark_sent(&mut self, plan: &Plan) {
+        self.rx_unacked = 0;
+        self.rx_unacked_bytes = 0;
+        self.rx_unacked_since = None;
+        let n = match plan {
+            Plan::Data => 1,
+            Plan::Batch { n, .. } => *n,
+            Plan::Ack => {
+                self.stats.acks_sent += 1;
+                return;
+            }
+        };
+        self.cursor += n;
+        self.stats.data_frames_sent += 1;
+        self.stats.items_sent += n as u64;
     }
 
     // ---- receiving -----------------------------------------------------------------
