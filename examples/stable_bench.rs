@@ -43,9 +43,13 @@ async fn bare(items: u32) -> Result<Duration, BoxError> {
         }
         Ok::<_, BoxError>(())
     });
-    for _ in 0..items {
-        send_bytes(&mut tx, &PAYLOAD).await?;
-    }
+    let send = tokio::spawn(async move {
+        for _ in 0..items {
+            send_bytes(&mut tx, &PAYLOAD).await?;
+        }
+        Ok::<_, BoxError>(tx)
+    });
+    let _tx = send.await??;
     recv.await??;
     Ok(t0.elapsed())
 }
@@ -83,9 +87,13 @@ async fn stable(items: u32) -> Result<Duration, BoxError> {
         Ok::<_, BoxError>(srv)
     });
     let payload = Bytes::from_static(&PAYLOAD);
-    for _ in 0..items {
-        client.send(payload.clone()).await?;
-    }
+    let send = tokio::spawn(async move {
+        for _ in 0..items {
+            client.send(payload.clone()).await?;
+        }
+        Ok::<_, BoxError>(client)
+    });
+    let _client = send.await??;
     let _srv = recv.await??;
     Ok(t0.elapsed())
 }
