@@ -128,7 +128,10 @@ const N: u32 = 20_000;
 fn tcp_fault_injector_exactly_once_in_order() {
     rt().block_on(async {
         let (ep, server, mut sessions) = tcp_server(config()).await;
-        let source = FaultySource::new(ep, FaultPlan::new(11).kill_after_frames_between(500, 1500));
+        let source = FaultySource::new(
+            ep,
+            FaultPlan::new(11).kill_after_bytes_between(14_000, 42_000),
+        );
         let faults = source.stats();
         let client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
         let srv = guard("accept", sessions.accept()).await.unwrap();
@@ -158,7 +161,7 @@ fn unix_fault_injector_exactly_once_in_order() {
         let source = FaultySource::new(
             ep,
             FaultPlan::new(5)
-                .kill_after_frames_between(500, 1500)
+                .kill_after_bytes_between(14_000, 42_000)
                 .cut_mid_frame(),
         );
         let faults = source.stats();
@@ -178,7 +181,10 @@ fn inproc_fault_injector_exactly_once_in_order() {
         let listener = endpoint::listen(&ep).await.unwrap();
         let (server, mut sessions) = StableServer::new(config(), DriverConfig::default()).unwrap();
         tokio::spawn(server.clone().serve(listener));
-        let source = FaultySource::new(ep, FaultPlan::new(23).kill_after_frames_between(500, 1500));
+        let source = FaultySource::new(
+            ep,
+            FaultPlan::new(23).kill_after_bytes_between(14_000, 42_000),
+        );
         let faults = source.stats();
         let client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
         let srv = guard("accept", sessions.accept()).await.unwrap();
@@ -208,7 +214,7 @@ fn shm_fault_injector_exactly_once_in_order() {
         });
         let source = FaultySource::new(
             shm_source,
-            FaultPlan::new(31).kill_after_frames_between(500, 1500),
+            FaultPlan::new(31).kill_after_bytes_between(14_000, 42_000),
         );
         let faults = source.stats();
         let client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
@@ -557,7 +563,10 @@ fn sequence_numbers_wrap_around() {
             ..config()
         };
         let (ep, _server, mut sessions) = tcp_server(cfg.clone()).await;
-        let source = FaultySource::new(ep, FaultPlan::new(4).kill_after_frames_between(300, 700));
+        let source = FaultySource::new(
+            ep,
+            FaultPlan::new(4).kill_after_bytes_between(8_000, 20_000),
+        );
         let client = StableClient::connect(source, cfg, DriverConfig::default()).unwrap();
         let srv = guard("accept", sessions.accept()).await.unwrap();
         let (c, _s) = exchange(client, srv, 3000).await;
@@ -655,7 +664,10 @@ fn send_and_recv_are_cancel_safe_in_select() {
             ..config()
         };
         let (ep, _server, mut sessions) = tcp_server(cfg.clone()).await;
-        let source = FaultySource::new(ep, FaultPlan::new(9).kill_after_frames_between(300, 900));
+        let source = FaultySource::new(
+            ep,
+            FaultPlan::new(9).kill_after_bytes_between(8_000, 26_000),
+        );
         let client = StableClient::connect(source, cfg, DriverConfig::default()).unwrap();
         let srv = guard("accept", sessions.accept()).await.unwrap();
         const M: u32 = 3000;

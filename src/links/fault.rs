@@ -56,8 +56,9 @@ pub struct FaultPlan {
     /// Kill after this many frames sent: a number drawn uniformly from `lo..=hi` for each
     /// link (`(n, n)` for exactly `n`).
     pub kill_after_frames: Option<(u64, u64)>,
-    /// Kill once this many payload bytes were sent.
-    pub kill_after_bytes: Option<u64>,
+    /// Kill once this many payload bytes were sent: a number drawn uniformly from `lo..=hi`
+    /// for each link (`(n, n)` for exactly `n`).
+    pub kill_after_bytes: Option<(u64, u64)>,
     /// Probability, from 0.0 to 1.0, that any one frame sent triggers a kill.
     pub reset_probability: f64,
     /// A kill triggered by a frame cuts that frame (it is not delivered) instead of
@@ -94,7 +95,15 @@ impl FaultPlan {
 
     /// Kill the link once `n` payload bytes were sent.
     pub fn kill_after_bytes(mut self, n: u64) -> Self {
-        self.kill_after_bytes = Some(n);
+        self.kill_after_bytes = Some((n, n));
+        self
+    }
+
+    /// Kill each link once a number of payload bytes drawn from `lo..=hi` were sent
+    /// (independent of how the traffic is split into frames: a session that batches items
+    /// into fewer, larger frames is killed as often per item as one that does not).
+    pub fn kill_after_bytes_between(mut self, lo: u64, hi: u64) -> Self {
+        self.kill_after_bytes = Some((lo.min(hi), hi.max(lo)));
         self
     }
 
@@ -163,6 +172,8 @@ struct State {
     sent_bytes: u64,
     recv_frames: u64,
     kill_at_frame: Option<u64>,
+    /// Drawn from `plan.kill_after_bytes` when the link was made.
+    kill_at_bytes: Option<u64>,
 }
 
 struct Ctl {
@@ -184,6 +195,9 @@ impl Ctl {
         let kill_at_frame = plan
             .kill_after_frames
             .map(|(a, b)| a.min(b) + rng.below_or_eq(a.max(b) - a.min(b)));
+        let kill_at_bytes = plan
+            .kill_after_bytes
+            .map(|(a, b)| a.min(b) + rng.below_or_eq(a.max(b) - a.min(b)));
         stats.links.fetch_add(1, Ordering::Relaxed);
         Arc::new(Ctl {
             plan,
@@ -193,6 +207,7 @@ impl Ctl {
                 sent_bytes: 0,
                 recv_frames: 0,
                 kill_at_frame,
+                kill_at_bytes,
             }),
             killed: watch::channel(None).0,
             stats,
@@ -269,7 +284,7 @@ impl Ctl {
         let bytes = st.sent_bytes + len as u64;
         let reason = if st.kill_at_frame.is_some_and(|k| frame >= k) {
             Some(format!("killed after {frame} frames"))
-        } else if self.plan.kill_after_bytes.is_some_and(|k| bytes >= k) {
+        } else if st.kill_at_bytes.is_some_and(|k| bytes >= k) {
             Some(format!("killed after {bytes} bytes"))
         } else if self.plan.reset_probability > 0.0
             && (st.rng.next_u64() as f64 / u64::MAX as f64) < self.plan.reset_probability
@@ -607,6 +622,27 @@ mod tests {
         send_bytes(&mut tx, &[0; 6]).await.unwrap();
         send_bytes(&mut tx, &[0; 6]).await.unwrap();
         assert!(send_bytes(&mut tx, &[0; 1]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn kill_after_bytes_between_draws_a_threshold_per_link() {
+        // Kill points from 10..=40 bytes, drawn per link: 1-byte frames die exactly there.
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let (a, _b) = StreamLink::duplex_pair(4096);
+            let plan = FaultPlan::new(seed).kill_after_bytes_between(40, 10);
+            assert_eq!(plan.kill_after_bytes, Some((10, 40)));
+            let (mut tx, _rx) = FaultyLink::new(a, plan).split();
+            let mut sent = 0u64;
+            while send_bytes(&mut tx, &[0]).await.is_ok() {
+                sent += 1;
+                assert!(sent <= 40, "never killed");
+            }
+            // The frame that reached the threshold was delivered, then the link died.
+            assert!((10..=40).contains(&sent), "killed after {sent} bytes");
+            seen.insert(sent);
+        }
+        assert!(seen.len() > 5, "thresholds vary between links: {seen:?}");
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@
 //! receiving half sits behind a second lock. There is **no channel and no task hop per item**:
 //!
 //! ```text
-//!  send(item) ──lock──► Session::push ──► poll_transmit ──► link permit (now_or_never) ──► peer
-//!                         └ replay full: wait for acks (Notify)   └ link full: hand over to the task
+//!  send(item) ──lock──► Session::push ──► (coalesce) ──► transmit_into ──► link permit (now_or_never) ──► peer
+//!                         └ replay full: wait for acks (Notify)           └ link full: hand over to the task
 //!  recv() ──lock rx──► link.recv (poll) ──lock──► Session::handle_frame ──► item to the caller
 //!                                                   └ ack due: written on the link right here
 //!  background task: connect / handshake / resume (client), relinks and grace (server),
@@ -18,8 +18,11 @@
 //!                   application is not inside recv (acks, failure detection)
 //! ```
 //!
-//! * **`send`** pushes the item into the replay buffer and, when the link takes it without
-//!   waiting, writes the frame into a link permit from the caller's own task. When the
+//! * **`send`** pushes the item into the replay buffer. Items are **coalesced**
+//!   ([`DriverConfig::coalesce_sends`]): the first item of a burst wakes the background task,
+//!   which writes everything then pending as one batch frame when it runs (right after the
+//!   sending task yields); the send that brings the pending count to the limit writes the
+//!   batch itself, from the caller's own task, when the link takes it without waiting. When the
 //!   replay buffer is full (the peer has not acknowledged enough, or the link is down) `send`
 //!   waits: **backpressure, never a drop**. Memory is bounded by the replay bound. When the
 //!   link itself is full, the background task takes the link's sending half, waits for room
@@ -54,7 +57,7 @@
 //!
 //! Dropping the sending half (a [`StableSender`], or the whole [`StableConn`]) ends the
 //! session once everything sent has been acknowledged: the driver then closes the link, and
-//! a server forgets the session. There is no close frame in protocol version 1: the peer
+//! a server forgets the session. There is no close frame in protocol version 2: the peer
 //! sees its link end and, when it tries to resume, gets [`StableError::SessionLost`] with
 //! `unacked` counting what it sent that was never acknowledged (0 when nothing is missing).
 //!
@@ -320,6 +323,11 @@ struct State {
     /// The background task wanted to read but left it to the application: wake it when the
     /// application leaves `recv`.
     bg_wants: bool,
+    /// The background task's waker is registered with the link (its last read found
+    /// nothing). An application read replaces that registration, so it sets `bg_wants`:
+    /// without it, a link that fails after the application's last `recv` would go
+    /// unnoticed until the next send or timer.
+    bg_registered: bool,
     /// The receiving handle was dropped: items are acknowledged and discarded.
     receiver_gone: bool,
     /// The background task will look at the session again by then (`None`: it will not
@@ -387,6 +395,7 @@ impl Core {
                 stash: VecDeque::new(),
                 app_reading: false,
                 bg_wants: false,
+                bg_registered: false,
                 receiver_gone: false,
                 timer: None,
                 end: None,
@@ -692,6 +701,10 @@ impl Core {
             self.leave_recv(st, parked);
             return Poll::Ready(Ok(item));
         }
+        if st.bg_registered {
+            st.bg_registered = false;
+            st.bg_wants = true;
+        }
         for _ in 0..BATCH {
             match self.poll_link(st, cx) {
                 Polled::Item(item) => {
@@ -739,6 +752,7 @@ impl Core {
             st.bg_wants = true;
             return Poll::Pending;
         }
+        st.bg_registered = false;
         let mut handled = 0;
         while handled < BATCH {
             if !st.receiver_gone && st.stash.len() >= self.stash_cap {
@@ -762,7 +776,11 @@ impl Core {
                 }
                 Polled::Other => {}
                 Polled::Failed => return Poll::Ready(()),
-                Polled::Pending | Polled::NoLink => break,
+                Polled::Pending => {
+                    st.bg_registered = true;
+                    break;
+                }
+                Polled::NoLink => break,
             }
             handled += 1;
         }

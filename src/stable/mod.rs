@@ -27,7 +27,7 @@
 //!  | magic  |version | flags  |          resume_key            | last_  |
 //!  | 4 B    | u16 LE | u16 LE |            16 B                | recvd  |
 //!  +--------+--------+--------+--------------------------------+ u32 LE +
-//!  magic: "TTSC" (client) / "TTSS" (server); version: 1
+//!  magic: "TTSC" (client) / "TTSS" (server); version: 2 (1 had no batch frame)
 //!  client flags: bit 0 has_resume_key, bit 1 has_last_received (both or neither)
 //!  server flags: bit 0 rejected,       bit 1 has_last_received (never both)
 //!  other flag bits must be zero
@@ -61,8 +61,21 @@
 //!  | 0x00 | seq      | ack      | item... |    | 0x01 | ack      |
 //!  | 1 B  | u32 LE   | u32 LE   |         |    | 1 B  | u32 LE   |
 //!  +------+----------+----------+---------+    +------+----------+
+//!
+//!  batch frame: `count` consecutive items, sequence numbers first_seq, first_seq + 1, ...
+//!  +------+-----------+----------+----------+---------+--------+-----+---------+--------+
+//!  | 0x02 | first_seq | ack      | count    | len_1   | item_1 | ... | len_n   | item_n |
+//!  | 1 B  | u32 LE    | u32 LE   | u32 LE   | u32 LE  |        |     | u32 LE  |        |
+//!  +------+-----------+----------+----------+---------+--------+-----+---------+--------+
+//!  count: 1 to 2^20; the last item ends exactly at the end of the message
 //! ```
 //!
+//! * **Batching**: when several items wait to be sent (the application sent a burst, the
+//!   link was full, or a resume replays), consecutive ones travel in one batch frame of at
+//!   most [`StableConfig::max_batch_bytes`]; one item alone goes in a data frame. Per item
+//!   the receiver then pays a slice of the message instead of a whole link message. A
+//!   receiver drops the prefix of a batch it already has (a replay overlapping what it
+//!   received) and refuses a batch that starts after the next expected number (a gap).
 //! * `seq` numbers each item; the first item of a session has sequence number 1 and they
 //!   count up, wrapping after `u32::MAX` to 0. Comparisons use serial-number arithmetic
 //!   ([`wire::seq`]).

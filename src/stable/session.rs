@@ -622,8 +622,9 @@ impl Session {
                 self.stats.duplicates_dropped += u64::from(dup);
                 self.rx_last = first_seq.wrapping_add(count - 1);
                 self.rx_unacked = self.rx_unacked.saturating_add(fresh);
-                self.rx_unacked_bytes =
-                    self.rx_unacked_bytes.saturating_add(items.remaining_bytes());
+                self.rx_unacked_bytes = self
+                    .rx_unacked_bytes
+                    .saturating_add(items.remaining_bytes());
                 self.rx_unacked_since.get_or_insert(now);
                 self.stats.items_received += u64::from(fresh);
                 Ok(Received::Items(items))

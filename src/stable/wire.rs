@@ -615,7 +615,10 @@ mod tests {
         bad.push(more_claimed);
         for b in bad {
             assert!(
-                matches!(Frame::decode(Bytes::from(b.clone())), Err(StableError::Protocol(_))),
+                matches!(
+                    Frame::decode(Bytes::from(b.clone())),
+                    Err(StableError::Protocol(_))
+                ),
                 "{b:?}"
             );
         }
