@@ -324,10 +324,14 @@ struct State {
     /// application leaves `recv`.
     bg_wants: bool,
     /// The background task's waker is registered with the link (its last read found
-    /// nothing). An application read replaces that registration, so it sets `bg_wants`:
-    /// without it, a link that fails after the application's last `recv` would go
-    /// unnoticed until the next send or timer.
+    /// nothing). An application read replaces that registration; it then sets `rx_watch`.
     bg_registered: bool,
+    /// The background task looks at the link again by then (its waker is no longer
+    /// registered with it): a link that fails after the application's last `recv` is
+    /// noticed within [`StableConfig::ack_delay`](super::StableConfig::ack_delay) even
+    /// when no timer or send would wake the task. At most one wake-up per period, however
+    /// many reads the application makes.
+    rx_watch: Option<std::time::Instant>,
     /// The receiving handle was dropped: items are acknowledged and discarded.
     receiver_gone: bool,
     /// The background task will look at the session again by then (`None`: it will not
@@ -396,6 +400,7 @@ impl Core {
                 app_reading: false,
                 bg_wants: false,
                 bg_registered: false,
+                rx_watch: None,
                 receiver_gone: false,
                 timer: None,
                 end: None,
@@ -631,7 +636,9 @@ impl Core {
         }
         st.sess.push(item)?;
         if st.tx.is_some() {
-            if st.sess.unsent() >= self.coalesce {
+            // Written at once when the batch is full, or when this item is the only one not
+            // acknowledged (nothing in flight: waiting would only add latency).
+            if st.sess.unsent() >= self.coalesce || st.sess.unacked() == 1 {
                 let clock = st.clock;
                 self.write_ready(&mut st, clock);
             } else if !st.write_scheduled {
@@ -703,7 +710,14 @@ impl Core {
         }
         if st.bg_registered {
             st.bg_registered = false;
-            st.bg_wants = true;
+            if st.rx_watch.is_none() {
+                let at = st.clock + st.sess.config().ack_delay;
+                st.rx_watch = Some(at);
+                if st.timer.map_or(true, |t| t > at) {
+                    st.timer = Some(at);
+                    self.wake_bg();
+                }
+            }
         }
         for _ in 0..BATCH {
             match self.poll_link(st, cx) {
@@ -778,6 +792,7 @@ impl Core {
                 Polled::Failed => return Poll::Ready(()),
                 Polled::Pending => {
                     st.bg_registered = true;
+                    st.rx_watch = None;
                     break;
                 }
                 Polled::NoLink => break,
@@ -788,6 +803,29 @@ impl Core {
             Poll::Ready(())
         } else {
             Poll::Pending
+        }
+    }
+}
+
+/// Most scheduler trips the background task waits for a sender that is still pushing.
+const MAX_LINGER: usize = 2;
+
+/// Coalesced sends are due: while a sender keeps pushing items (it writes a full batch
+/// itself), give it up to [`MAX_LINGER`] scheduler trips before writing a partial batch, so
+/// that a background task running on another thread does not cut a burst into small
+/// frames. Returns at once when nothing is scheduled or the sender has paused.
+async fn linger(core: &Core) {
+    for _ in 0..MAX_LINGER {
+        let pushed = {
+            let st = core.st();
+            if !st.write_scheduled || st.sess.unsent() == 0 {
+                return;
+            }
+            st.sess.stats().items_pushed
+        };
+        tokio::task::yield_now().await;
+        if core.st().sess.stats().items_pushed == pushed {
+            return;
         }
     }
 }
@@ -816,6 +854,7 @@ async fn run_link<T>(
     let mut armed: Option<std::time::Instant> = None;
     let mut flushing: Option<BoxFuture<'static, Result<(), LinkError>>> = None;
     loop {
+        linger(core).await;
         let deadline = {
             let mut st = core.st();
             if st.gen != gen || !st.link_up {
@@ -828,6 +867,10 @@ async fn run_link<T>(
             let now = now();
             st.clock = now;
             st.write_scheduled = false;
+            if st.rx_watch.is_some_and(|t| now >= t) {
+                // Due: this turn's read below registers us with the link again.
+                st.rx_watch = None;
+            }
             if flushing.is_none() {
                 st.flush_requested = false;
                 let State { tx, sess, .. } = &mut *st;
@@ -863,7 +906,10 @@ async fn run_link<T>(
                 st.timer = Some(now);
                 None
             } else {
-                let deadline = st.sess.poll_timeout();
+                let deadline = match (st.sess.poll_timeout(), st.rx_watch) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 st.timer = deadline;
                 deadline
             }
