@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_tether::endpoint::{self, Endpoint};
 use actix_tether::links::fault::{FaultPlan, FaultySource};
-use actix_tether::links::stream::StreamLink;
+use actix_tether::links::stream::{StreamConfig, StreamLink};
 use actix_tether::links::{send_bytes, AnyLink, FnSource, Link, LinkError, LinkRx};
 use actix_tether::stable::driver::{
     DriverConfig, DriverStats, SessionEvent, StableClient, StableConn, StableSender, StableServer,
@@ -371,6 +371,39 @@ fn three_resumes_in_a_row() {
         assert_eq!(client.stats().session.resumes, 3);
         assert_eq!(server.stats().resumes, 3);
         assert_eq!(server.stats().sessions, 1);
+    });
+}
+
+#[test]
+fn batches_shrink_to_a_link_with_a_small_frame_limit() {
+    type UnixLink = StreamLink<tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf>;
+    rt().block_on(async {
+        // Links that take frames of at most 1000 bytes, far below the 16 KiB batches.
+        let small = StreamConfig {
+            max_frame_len: 1000,
+            ..Default::default()
+        };
+        let (server, mut sessions) =
+            StableServer::<UnixLink>::new(config(), DriverConfig::default()).unwrap();
+        let source = FnSource(move || {
+            let pair = StreamLink::unix_pair(small.clone());
+            let server = server.clone();
+            async move {
+                let (a, b) = pair?;
+                server.handle_link(b);
+                Ok(a)
+            }
+        });
+        let client = StableClient::connect(source, config(), DriverConfig::default()).unwrap();
+        let srv = guard("accept", sessions.accept()).await.unwrap();
+        let (c, s) = exchange(client, srv, 3000).await;
+        // No link was lost over it, and items still travelled in batches.
+        assert_eq!((c.links, c.link_losses), (1, 0), "{c:?}");
+        assert_eq!((s.links, s.link_losses), (1, 0), "{s:?}");
+        assert!(
+            c.session.data_frames_sent < c.session.items_sent / 4,
+            "{c:?}"
+        );
     });
 }
 

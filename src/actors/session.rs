@@ -331,6 +331,11 @@ impl<M: Item> StableSession<M> {
         if self.pump.is_none() {
             return;
         }
+        if let StableError::Link(LinkError::TooLarge { max, .. }) = &reason {
+            // A batch frame above the link's maximum payload: the next links get smaller
+            // batches (a single item that large keeps failing, as before).
+            self.sess.limit_batch(*max);
+        }
         self.emit(SessionEvent::LinkLost { reason });
         self.sess.link_lost();
         self.drop_link(ctx);

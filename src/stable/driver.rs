@@ -18,11 +18,14 @@
 //!                   application is not inside recv (acks, failure detection)
 //! ```
 //!
-//! * **`send`** pushes the item into the replay buffer. Items are **coalesced**
-//!   ([`DriverConfig::coalesce_sends`]): the first item of a burst wakes the background task,
+//! * **`send`** pushes the item into the replay buffer. An item with nothing else
+//!   unacknowledged (nothing in flight: a request, the first item after a pause) is written
+//!   at once, from the caller's own task. Otherwise items are **coalesced**
+//!   ([`DriverConfig::coalesce_sends`]): the first of a burst wakes the background task,
 //!   which writes everything then pending as one batch frame when it runs (right after the
-//!   sending task yields); the send that brings the pending count to the limit writes the
-//!   batch itself, from the caller's own task, when the link takes it without waiting. When the
+//!   sending task yields; it lingers up to two scheduler trips while the sender is still
+//!   pushing); the send that brings the pending count to the limit writes the batch itself,
+//!   when the link takes it without waiting. When the
 //!   replay buffer is full (the peer has not acknowledged enough, or the link is down) `send`
 //!   waits: **backpressure, never a drop**. Memory is bounded by the replay bound. When the
 //!   link itself is full, the background task takes the link's sending half, waits for room
@@ -35,7 +38,8 @@
 //!   right away. While the application is **not** inside `recv`, the background task reads
 //!   the link instead (so one-way senders still see acks, and a dead link is noticed), and
 //!   holds the items it reads for the next `recv`, at most [`DriverConfig::app_queue`] of
-//!   them; beyond that it stops reading and the link's own backpressure takes over. The
+//!   them (plus at most one batch frame's items: a batch is never split); beyond that it
+//!   stops reading and the link's own backpressure takes over. The
 //!   background task never reads while the application is parked in `recv`, so in steady
 //!   traffic each message wakes exactly one task: the application's.
 //! * Both are **cancel-safe**: `send` has no await after the item enters the replay buffer
@@ -44,7 +48,10 @@
 //!   background task takes over reading).
 //! * The background task wakes only for what the application cannot do: the delayed-ack
 //!   timer (one long-lived `Sleep`, re-armed only when the deadline moves), link room, link
-//!   failure, reconnects and resumes.
+//!   failure, reconnects and resumes, writing coalesced sends, and — at most once per
+//!   [`StableConfig::ack_delay`](super::StableConfig::ack_delay) — looking at the link
+//!   again after the application's reads took it over (so a link that fails after the
+//!   last `recv` is noticed without any traffic).
 //! * The client reconnects by itself through its [`LinkSource`], pacing attempts with the
 //!   [`ReconnectPolicy`](super::ReconnectPolicy), resumes and replays. When the server
 //!   rejects the resume (it restarted, or the grace period expired) or the policy gives up,
@@ -151,7 +158,8 @@ pub struct DriverConfig {
     /// non-blocking either way, and the items are in the replay buffer (safe) as soon as
     /// `send` returns. Costs about one task switch of latency per burst; 0 or 1 writes
     /// every item from the caller's task at once, one link message each (lowest latency,
-    /// lowest throughput for small items). Default 64.
+    /// lowest throughput for small items; items that pile up anyway — the link was full, or
+    /// a resume replays them — still travel in batch frames). Default 64.
     pub coalesce_sends: usize,
 }
 
@@ -231,13 +239,25 @@ fn write_frame<P: Permit>(
     sess: &mut Session,
     now: std::time::Instant,
 ) -> Result<(), LinkError> {
-    if let Some(len) = sess.next_transmit_len(now) {
-        let mut slot = permit.alloc(len)?;
-        // The session is not touched between the two calls: the frame is the planned one.
-        if sess.transmit_into(now, slot.as_mut_slice()) {
-            slot.commit();
-        }
+    let Some(len) = sess.next_transmit_len(now) else {
+        return Ok(());
+    };
+    let mut slot = match permit.alloc(len) {
+        Ok(slot) => slot,
+        // A batch above the link's maximum payload: batches shrink to it, and the caller's
+        // loop writes the next (smaller) frame with a new permit. A single item too large
+        // for the link fails it, as before.
+        Err(LinkError::TooLarge { max, .. }) if sess.limit_batch(max) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // The session is not touched between the two calls: the frame is the planned one, and
+    // the slot is exactly `len` bytes (the `WriteSlot` contract).
+    if !sess.transmit_into(now, slot.as_mut_slice()) {
+        return Err(LinkError::Corrupt(format!(
+            "link write slot is not the {len} bytes asked for"
+        )));
     }
+    slot.commit();
     Ok(())
 }
 

@@ -255,10 +255,14 @@ pub struct StableConfig {
     /// Largest batch frame, in bytes: when several items wait to be sent, consecutive ones
     /// travel in one link message ([`wire::FRAME_BATCH`]) as long as the frame stays within
     /// this size (an item that would not fit goes in the next frame; an item larger than it
-    /// alone goes in a data frame of its own). Default 16 KiB; below 30 bytes (a batch
-    /// header and two empty items) nothing is batched. Clamped to `max_item_len` + 9 so that
-    /// a batch fits any link a single item fits. A receiver keeps a batch's link message
-    /// alive while the application holds any item of it.
+    /// alone goes in a data frame of its own). Default 16 KiB; 0, or anything below 21
+    /// bytes (a batch header and two empty items), disables batching. Clamped to
+    /// `max_item_len` + 9 (and to 4 GiB): like `max_item_len`, it must fit the frame limit of
+    /// the links and of the peer's receiver. A link that refuses a batch at `alloc` (its
+    /// maximum payload is smaller) is handled: batches shrink to that link's maximum
+    /// ([`Session::limit_batch`]). A receiver keeps a batch's link message alive while the
+    /// application holds any item of it, and refuses a batch of more items than
+    /// `replay_max_frames`.
     pub max_batch_bytes: usize,
     /// Server side: how long a session without a link stays resumable. Default 30 s.
     pub resume_grace: Duration,
@@ -333,6 +337,7 @@ impl StableConfig {
     pub fn effective_max_batch(&self) -> usize {
         self.max_batch_bytes
             .min(self.max_item_len.saturating_add(wire::DATA_HEADER_LEN))
+            .min(u32::MAX as usize)
     }
 }
 

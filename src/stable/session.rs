@@ -14,7 +14,8 @@
 //!  ── both sides, while the link is up ───────────────────────────────────────────────
 //!  push(item) when can_accept(len)          (application sends)
 //!  poll_transmit(now) → Transmit → write it into a link permit
-//!  handle_frame(now, msg) → Received::Item → deliver to the application
+//!    (or next_transmit_len(now) + transmit_into(now, slot): no intermediate copy)
+//!  handle_frame(now, msg) → Received::Item / Received::Items → deliver to the application
 //!  poll_timeout() → wake up then and call handle_timeout(now)
 //!  link fails → link_lost(); the client reconnects and starts over with client_hello
 //! ```
@@ -112,7 +113,7 @@ enum Plan {
 fn write_batch_body<'a>(items: impl Iterator<Item = &'a Bytes>, mut out: &mut [u8]) {
     for item in items {
         let (prefix, tail) = out.split_at_mut(wire::BATCH_ITEM_PREFIX);
-        // Items of a batch are at most `max_batch_bytes` long: they fit a u32.
+        // A batch is at most `effective_max_batch` (below 4 GiB) long: each item fits a u32.
         prefix.copy_from_slice(&(item.len() as u32).to_le_bytes());
         let (body, tail) = tail.split_at_mut(item.len());
         body.copy_from_slice(item);
@@ -173,7 +174,8 @@ impl Transmit {
 pub struct SessionStats {
     /// Items accepted by [`Session::push`].
     pub items_pushed: u64,
-    /// Data and batch frames handed out by [`Session::poll_transmit`], replays included.
+    /// Data and batch frames handed out by [`Session::poll_transmit`] or written by
+    /// [`Session::transmit_into`], replays included.
     pub data_frames_sent: u64,
     /// Items in those frames (replays included): above `data_frames_sent` when items were
     /// batched.
@@ -219,6 +221,9 @@ pub struct Session {
     rx_unacked_bytes: usize,
     /// When the oldest of those arrived.
     rx_unacked_since: Option<Instant>,
+    /// Largest frame the session's links take, once one refused a batch (see
+    /// [`Session::limit_batch`]).
+    batch_cap: usize,
     stats: SessionStats,
 }
 
@@ -255,6 +260,7 @@ impl Session {
             rx_unacked: 0,
             rx_unacked_bytes: 0,
             rx_unacked_since: None,
+            batch_cap: usize::MAX,
             stats: SessionStats::default(),
         })
     }
@@ -389,7 +395,7 @@ impl Session {
     /// How many unsent items, from the cursor on, travel in the next frame, and the size of
     /// their batch body (length prefixes included). One item alone goes in a data frame.
     fn next_batch(&self) -> (usize, usize) {
-        let max = self.config.effective_max_batch();
+        let max = self.config.effective_max_batch().min(self.batch_cap);
         let mut len = wire::BATCH_HEADER_LEN;
         let mut n = 0;
         for item in self.replay.range(self.cursor..) {
@@ -475,6 +481,18 @@ impl Session {
         }
         self.mark_sent(&plan);
         true
+    }
+
+    /// A link refused a frame: it takes at most `max_frame` bytes
+    /// ([`LinkError::TooLarge`](crate::links::LinkError::TooLarge)). From now on batch
+    /// frames stay within that size (for the rest of the session: its links are assumed to
+    /// share a transport). Returns whether that changes anything, i.e. whether writing the
+    /// next frame again is worth a try; `false` means the limit was known already — the
+    /// refused frame was a single item too large for the link, and the link must fail.
+    pub fn limit_batch(&mut self, max_frame: usize) -> bool {
+        let before = self.batch_cap.min(self.config.effective_max_batch());
+        self.batch_cap = self.batch_cap.min(max_frame);
+        self.batch_cap < before
     }
 
     /// What the next frame is, if one is due.
@@ -600,6 +618,15 @@ impl Session {
             } => {
                 self.apply_ack(ack)?;
                 let count = items.remaining();
+                if count as usize > self.config.replay_max_frames {
+                    // The peer's replay buffer holds at most that many items (both sides use
+                    // the same bounds): a larger batch is not from a well-behaved peer, and
+                    // expanding it could hold far more handles than the receiver allows.
+                    return Err(StableError::Protocol(format!(
+                        "batch of {count} items, more than the {} a replay buffer holds",
+                        self.config.replay_max_frames
+                    )));
+                }
                 let expected = self.rx_last.wrapping_add(1);
                 // Items `first_seq .. expected` arrived before (a replay overlapping what we
                 // had): drop them; a batch starting after `expected` leaves a gap.
@@ -1264,6 +1291,37 @@ mod tests {
             .map(|t| t.items())
             .collect();
         assert_eq!(counts, vec![1, 1, 2]);
+    }
+
+    #[test]
+    fn a_link_limit_shrinks_batches_and_oversized_batches_are_refused() {
+        let mut p = Pair::new(cfg());
+        for i in 0..6 {
+            p.c.push(item(i)).unwrap();
+        }
+        assert_eq!(p.c.next_transmit_len(p.now), Some(13 + 6 * 8));
+        // The link takes 40 bytes at most: three items per batch, and a second identical
+        // limit changes nothing.
+        assert!(p.c.limit_batch(40));
+        assert!(!p.c.limit_batch(40));
+        assert_eq!(p.c.next_transmit_len(p.now), Some(13 + 3 * 8));
+        let mut out = vec![0u8; 37];
+        assert!(
+            !p.c.transmit_into(p.now, &mut out[..36]),
+            "wrong length: nothing sent"
+        );
+        assert!(p.c.transmit_into(p.now, &mut out));
+        assert_eq!(p.c.stats().items_sent, 3);
+        let got = delivered(p.s.handle_frame(p.now, Bytes::from(out)).unwrap());
+        assert_eq!(got, (0..3).map(item).collect::<Vec<_>>());
+        // More items in one batch than a replay buffer holds (8 here): refused.
+        let mut huge = vec![0u8; wire::BATCH_HEADER_LEN];
+        wire::put_batch_header(&mut huge, 4, 0, 9);
+        huge.extend_from_slice(&[0u8; 9 * wire::BATCH_ITEM_PREFIX]);
+        assert!(matches!(
+            p.s.handle_frame(p.now, Bytes::from(huge)),
+            Err(StableError::Protocol(_))
+        ));
     }
 
     #[test]
