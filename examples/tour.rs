@@ -249,11 +249,11 @@ async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
     let bound = listener.local_endpoint();
     let (server, mut sessions) = StableServer::new(config.clone(), DriverConfig::default())?;
     tokio::spawn(server.clone().serve(listener));
-    // The client's links come from a fault injector that kills each one after 4–12 KB sent
+    // The client's links come from a fault injector that kills each one after 2–6 KB sent
     // (a few hundred of these small items; the session batches them into fewer frames).
     let source = FaultySource::new(
         bound.clone(),
-        FaultPlan::new(7).kill_after_bytes_between(4_000, 12_000),
+        FaultPlan::new(7).kill_after_bytes_between(2_000, 6_000),
     );
     let faults = source.stats();
     let client = StableClient::connect(source, config, DriverConfig::default())?;
