@@ -4,18 +4,20 @@
 //!
 //! # Design: the application's calls drive the session
 //!
-//! The [`Session`] state machine and the current link's sending half sit behind one short
-//! lock shared by the application's handles and a small background task; the link's
-//! receiving half sits behind a second lock. There is **no channel and no task hop per item**:
+//! The [`Session`] state machine and the current link's two halves sit behind one short
+//! lock shared by the application's handles and a small background task (the rest of a
+//! received batch frame is held by the receiving handle itself, outside the lock). There is
+//! **no channel and no task hop per item**:
 //!
 //! ```text
 //!  send(item) ──lock──► Session::push ──► (coalesce) ──► transmit_into ──► link permit (now_or_never) ──► peer
 //!                         └ replay full: wait for acks (Notify)           └ link full: hand over to the task
-//!  recv() ──lock rx──► link.recv (poll) ──lock──► Session::handle_frame ──► item to the caller
-//!                                                   └ ack due: written on the link right here
+//!  recv() ──lock──► link.recv (poll) ──► Session::handle_frame ──► item(s) to the caller
+//!                                          └ ack due: written on the link right here
 //!  background task: connect / handshake / resume (client), relinks and grace (server),
-//!                   delayed acks, waiting for link room, reading the link while the
-//!                   application is not inside recv (acks, failure detection)
+//!                   delayed acks, coalesced writes, waiting for link room, reading the
+//!                   link while the application is not inside recv (acks, failure
+//!                   detection)
 //! ```
 //!
 //! * **`send`** pushes the item into the replay buffer. An item with nothing else
