@@ -8,10 +8,14 @@
 //! ```text
 //! cargo run --release --example stable_bench [items] [repeats]
 //! CT=1 cargo run --release --example stable_bench [items] [repeats]   # one thread
+//! RT2=1 cargo run --release --example stable_bench [items] [repeats]  # a thread per side
 //! ```
 //!
 //! By default the runtime has two worker threads; with `CT=1` it is a current-thread
-//! runtime, which measures the CPU cost per item without scheduling noise.
+//! runtime, which measures the CPU cost per item without scheduling noise. With `RT2=1`
+//! each side (sender with its session, receiver with its session) runs on a current-thread
+//! runtime of its own, on its own thread — as two actix Arbiters would — for the bare link
+//! and the session alike (throughput only).
 //!
 //! Prints the median of the repeats and the median of the per-repeat ratios.
 
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use actix_tether::links::fault::{FaultHandle, FaultPlan, FaultyLink};
 use actix_tether::links::stream::StreamLink;
-use actix_tether::links::{send_bytes, FnSource, Link, LinkRx};
+use actix_tether::links::{send_bytes, FnSource, Link, LinkError, LinkRx};
 use actix_tether::stable::driver::{DriverConfig, StableClient, StableServer};
 use actix_tether::stable::{ReconnectPolicy, StableConfig};
 use bytes::Bytes;
@@ -140,12 +144,157 @@ async fn kill_to_replay() -> Result<Duration, BoxError> {
     Ok(t0.elapsed())
 }
 
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A connected socket pair as std streams, each to be registered with its own runtime.
+fn std_pair() -> Result<
+    (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ),
+    BoxError,
+> {
+    let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    Ok((a, b))
+}
+
+fn unix_link(s: std::os::unix::net::UnixStream) -> std::io::Result<UnixLink> {
+    Ok(StreamLink::unix(
+        tokio::net::UnixStream::from_std(s)?,
+        Default::default(),
+    ))
+}
+
+/// Bare link, each end on its own thread and runtime.
+fn bare_rt2(items: u32) -> Result<Duration, BoxError> {
+    let (a, b) = std_pair()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let reader = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let (_tx, mut rx) = unix_link(b)?.split();
+            ready_tx.send(())?;
+            for _ in 0..items {
+                rx.recv().await?.ok_or("closed early")?;
+            }
+            let _ = done_tx.send(Instant::now());
+            Ok::<_, BoxError>(())
+        })
+    });
+    ready_rx.recv()?;
+    let took = current_thread().block_on(async move {
+        let (mut tx, _rx) = unix_link(a)?.split();
+        let t0 = Instant::now();
+        for _ in 0..items {
+            send_bytes(&mut tx, &PAYLOAD).await?;
+        }
+        // Awaited, not joined: this runtime still has to run the link's writer.
+        let end = done_rx.await?;
+        Ok::<_, BoxError>(end.duration_since(t0))
+    })?;
+    reader.join().map_err(|_| "reader panicked")??;
+    Ok(took)
+}
+
+/// Stable session, the client (sending) side on this thread's runtime, the server
+/// (receiving) side on another thread's runtime.
+fn stable_rt2(items: u32) -> Result<Duration, BoxError> {
+    let (links_tx, mut links_rx) =
+        tokio::sync::mpsc::unbounded_channel::<std::os::unix::net::UnixStream>();
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let server = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let (server, mut sessions) =
+                StableServer::<UnixLink>::new(config(), DriverConfig::default())?;
+            tokio::spawn(async move {
+                while let Some(s) = links_rx.recv().await {
+                    if let Ok(link) = unix_link(s) {
+                        server.handle_link(link);
+                    }
+                }
+            });
+            let mut srv = sessions.accept().await.ok_or("no session")?;
+            let _ = up_tx.send(());
+            for _ in 0..items {
+                srv.recv().await?;
+            }
+            let _ = done_tx.send(Instant::now());
+            Ok::<_, BoxError>(())
+        })
+    });
+    let took = current_thread().block_on(async move {
+        let source = FnSource(move || {
+            let made = std_pair().and_then(|(a, b)| {
+                links_tx.send(b).map_err(|_| "server gone")?;
+                Ok(unix_link(a)?)
+            });
+            async move {
+                made.map_err(|e| LinkError::Io(Arc::new(std::io::Error::other(e.to_string()))))
+            }
+        });
+        let client = StableClient::connect(source, config(), DriverConfig::default())?;
+        up_rx.await?;
+        let payload = Bytes::from_static(&PAYLOAD);
+        let t0 = Instant::now();
+        for _ in 0..items {
+            client.send(payload.clone()).await?;
+        }
+        // Awaited, not joined: this runtime still has to run the session's tasks.
+        let end = done_rx.await?;
+        Ok::<_, BoxError>(end.duration_since(t0))
+    })?;
+    server.join().map_err(|_| "server panicked")??;
+    Ok(took)
+}
+
+fn run_rt2() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    let items: u32 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200_000);
+    let repeats: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let (mut bare_rates, mut stable_rates, mut ratios) = (vec![], vec![], vec![]);
+    for r in 0..repeats {
+        let b = items as f64 / bare_rt2(items)?.as_secs_f64();
+        let s = items as f64 / stable_rt2(items)?.as_secs_f64();
+        println!(
+            "repeat {r} (a thread per side): bare {:.2} M items/s, stable {:.2} M items/s, ratio {:.2}",
+            b / 1e6,
+            s / 1e6,
+            s / b
+        );
+        bare_rates.push(b);
+        stable_rates.push(s);
+        ratios.push(s / b);
+    }
+    println!(
+        "median over {repeats} (a thread per side): bare {:.2} M items/s, stable {:.2} M items/s, ratio {:.2}",
+        median(bare_rates) / 1e6,
+        median(stable_rates) / 1e6,
+        median(ratios)
+    );
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
 fn main() -> Result<(), BoxError> {
+    if std::env::var_os("RT2").is_some() {
+        return run_rt2();
+    }
     let rt = if std::env::var_os("CT").is_some() {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
