@@ -389,7 +389,7 @@ impl<M: Item> StableSession<M> {
             match out.try_reserve() {
                 Ok(permit) => {
                     if let Some(t) = self.sess.poll_transmit(now) {
-                        permit.send(Bytes::from(t.to_vec()));
+                        permit.send(Bytes::from(t.into_vec()));
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {

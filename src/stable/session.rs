@@ -77,23 +77,14 @@ pub enum Received {
     Ack,
 }
 
-/// One frame to write on the link: fill a slot of [`len`](Transmit::len) bytes with
-/// [`write_to`](Transmit::write_to).
+/// One frame to write on the link, encoded: copy it into a slot of
+/// [`len`](Transmit::len) bytes with [`write_to`](Transmit::write_to), or take the bytes with
+/// [`into_vec`](Transmit::into_vec). ([`Session::transmit_into`] writes a frame straight into
+/// a slot instead.)
 #[derive(Debug, Clone)]
 pub struct Transmit {
-    header: [u8; wire::BATCH_HEADER_LEN],
-    header_len: usize,
-    body: Body,
-}
-
-/// What follows a [`Transmit`]'s header.
-#[derive(Debug, Clone)]
-enum Body {
-    /// A data frame's item, or nothing (an ack frame).
-    One(Bytes),
-    /// A batch frame's items, each written behind its length; `len` is their total size
-    /// on the wire, prefixes included.
-    Many { items: Vec<Bytes>, len: usize },
+    frame: Vec<u8>,
+    items: usize,
 }
 
 /// The next frame [`Session`] will hand out.
@@ -108,37 +99,16 @@ enum Plan {
     Ack,
 }
 
-/// Writes batch entries (`[len: u32 LE][item]` each) into `out`, which the caller sized to
-/// hold them exactly.
-fn write_batch_body<'a>(items: impl Iterator<Item = &'a Bytes>, mut out: &mut [u8]) {
-    for item in items {
-        let (prefix, tail) = out.split_at_mut(wire::BATCH_ITEM_PREFIX);
-        // A batch is at most `effective_max_batch` (below 4 GiB) long: each item fits a u32.
-        prefix.copy_from_slice(&(item.len() as u32).to_le_bytes());
-        let (body, tail) = tail.split_at_mut(item.len());
-        body.copy_from_slice(item);
-        out = tail;
-    }
-}
-
 impl Transmit {
     /// Length of the frame in bytes.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
-        self.header_len
-            + match &self.body {
-                Body::One(item) => item.len(),
-                Body::Many { len, .. } => *len,
-            }
+        self.frame.len()
     }
 
     /// Items the frame carries (0 for an ack frame).
     pub fn items(&self) -> usize {
-        match &self.body {
-            Body::One(_) if self.is_ack() => 0,
-            Body::One(_) => 1,
-            Body::Many { items, .. } => items.len(),
-        }
+        self.items
     }
 
     /// Writes the frame into `out`, which must be exactly [`len`](Transmit::len) bytes.
@@ -147,25 +117,23 @@ impl Transmit {
         if out.len() != self.len() {
             return false;
         }
-        let (head, rest) = out.split_at_mut(self.header_len);
-        head.copy_from_slice(&self.header[..self.header_len]);
-        match &self.body {
-            Body::One(item) => rest.copy_from_slice(item),
-            Body::Many { items, .. } => write_batch_body(items.iter(), rest),
-        }
+        out.copy_from_slice(&self.frame);
         true
     }
 
     /// Whether this is a standalone ack frame.
     pub fn is_ack(&self) -> bool {
-        self.header[0] == wire::FRAME_ACK
+        self.frame[0] == wire::FRAME_ACK
     }
 
     /// The frame as one `Vec` (for tests and tools).
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = vec![0; self.len()];
-        self.write_to(&mut v);
-        v
+        self.frame.clone()
+    }
+
+    /// The frame's bytes.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.frame
     }
 }
 
@@ -419,36 +387,15 @@ impl Session {
     /// handed out counts as sent on this link.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let plan = self.plan_transmit(now)?;
-        let mut header = [0u8; wire::BATCH_HEADER_LEN];
-        let header_len = self.put_header(&plan, &mut header);
-        let body = match plan {
-            Plan::Data => Body::One(self.replay[self.cursor].clone()),
-            Plan::Batch { n, body_len } => Body::Many {
-                items: self
-                    .replay
-                    .range(self.cursor..self.cursor + n)
-                    .cloned()
-                    .collect(),
-                len: body_len,
-            },
-            Plan::Ack => Body::One(Bytes::new()),
-        };
-        self.mark_sent(&plan);
-        Some(Transmit {
-            header,
-            header_len,
-            body,
-        })
+        let mut frame = vec![0; self.frame_len(&plan)];
+        let items = self.write_planned(&plan, &mut frame);
+        Some(Transmit { frame, items })
     }
 
     /// Length in bytes of the frame [`poll_transmit`](Session::poll_transmit) (or
     /// [`transmit_into`](Session::transmit_into)) would hand out now, if any.
     pub fn next_transmit_len(&self, now: Instant) -> Option<usize> {
-        Some(match self.plan_transmit(now)? {
-            Plan::Data => wire::DATA_HEADER_LEN + self.replay[self.cursor].len(),
-            Plan::Batch { body_len, .. } => wire::BATCH_HEADER_LEN + body_len,
-            Plan::Ack => wire::ACK_FRAME_LEN,
-        })
+        self.plan_transmit(now).map(|plan| self.frame_len(&plan))
     }
 
     /// [`poll_transmit`](Session::poll_transmit) without the intermediate [`Transmit`]:
@@ -457,30 +404,13 @@ impl Session {
     /// counts it as sent. Returns `false`, writing and sending nothing, when no frame is due
     /// or `out` has another length.
     pub fn transmit_into(&mut self, now: Instant, out: &mut [u8]) -> bool {
-        let Some(plan) = self.plan_transmit(now) else {
-            return false;
-        };
-        let mut header = [0u8; wire::BATCH_HEADER_LEN];
-        let header_len = self.put_header(&plan, &mut header);
-        let body = match plan {
-            Plan::Data => self.replay[self.cursor].len(),
-            Plan::Batch { body_len, .. } => body_len,
-            Plan::Ack => 0,
-        };
-        if out.len() != header_len + body {
-            return false;
-        }
-        let (head, rest) = out.split_at_mut(header_len);
-        head.copy_from_slice(&header[..header_len]);
-        match plan {
-            Plan::Data => rest.copy_from_slice(&self.replay[self.cursor]),
-            Plan::Batch { n, .. } => {
-                write_batch_body(self.replay.range(self.cursor..self.cursor + n), rest)
+        match self.plan_transmit(now) {
+            Some(plan) if out.len() == self.frame_len(&plan) => {
+                self.write_planned(&plan, out);
+                true
             }
-            Plan::Ack => {}
+            _ => false,
         }
-        self.mark_sent(&plan);
-        true
     }
 
     /// A link refused a frame: it takes at most `max_frame` bytes
@@ -511,45 +441,59 @@ impl Session {
         self.ack_due(now).then_some(Plan::Ack)
     }
 
-    /// Writes the planned frame's header into `out` and returns its length.
-    fn put_header(&self, plan: &Plan, out: &mut [u8; wire::BATCH_HEADER_LEN]) -> usize {
+    /// Length in bytes of the planned frame.
+    fn frame_len(&self, plan: &Plan) -> usize {
+        match plan {
+            Plan::Data => wire::DATA_HEADER_LEN + self.replay[self.cursor].len(),
+            Plan::Batch { body_len, .. } => wire::BATCH_HEADER_LEN + body_len,
+            Plan::Ack => wire::ACK_FRAME_LEN,
+        }
+    }
+
+    /// Writes the planned frame into `out` (exactly [`frame_len`](Self::frame_len) bytes)
+    /// and counts it as sent on this link: the cursor moves past its items, and the current
+    /// ack went with it. Returns how many items it carried.
+    fn write_planned(&mut self, plan: &Plan, out: &mut [u8]) -> usize {
         let seq = self
             .peer_acked
             .wrapping_add(1)
             .wrapping_add(self.cursor as u32);
-        match plan {
+        let n = match *plan {
             Plan::Data => {
-                wire::put_data_header(out, seq, self.rx_last);
-                wire::DATA_HEADER_LEN
+                let (head, body) = out.split_at_mut(wire::DATA_HEADER_LEN);
+                wire::put_data_header(head, seq, self.rx_last);
+                body.copy_from_slice(&self.replay[self.cursor]);
+                1
             }
             Plan::Batch { n, .. } => {
-                wire::put_batch_header(out, seq, self.rx_last, *n as u32);
-                wire::BATCH_HEADER_LEN
+                let (head, mut rest) = out.split_at_mut(wire::BATCH_HEADER_LEN);
+                wire::put_batch_header(head, seq, self.rx_last, n as u32);
+                for item in self.replay.range(self.cursor..self.cursor + n) {
+                    let (prefix, tail) = rest.split_at_mut(wire::BATCH_ITEM_PREFIX);
+                    // A batch is at most `effective_max_batch` (below 4 GiB) long: each
+                    // item length fits a u32.
+                    prefix.copy_from_slice(&(item.len() as u32).to_le_bytes());
+                    let (body, tail) = tail.split_at_mut(item.len());
+                    body.copy_from_slice(item);
+                    rest = tail;
+                }
+                n
             }
             Plan::Ack => {
                 wire::put_ack_frame(out, self.rx_last);
-                wire::ACK_FRAME_LEN
+                self.stats.acks_sent += 1;
+                0
             }
-        }
-    }
-
-    /// The planned frame was handed out: it counts as sent on this link, and it carried
-    /// the current ack.
-    fn mark_sent(&mut self, plan: &Plan) {
+        };
         self.rx_unacked = 0;
         self.rx_unacked_bytes = 0;
         self.rx_unacked_since = None;
-        let n = match plan {
-            Plan::Data => 1,
-            Plan::Batch { n, .. } => *n,
-            Plan::Ack => {
-                self.stats.acks_sent += 1;
-                return;
-            }
-        };
-        self.cursor += n;
-        self.stats.data_frames_sent += 1;
-        self.stats.items_sent += n as u64;
+        if n > 0 {
+            self.cursor += n;
+            self.stats.data_frames_sent += 1;
+            self.stats.items_sent += n as u64;
+        }
+        n
     }
 
     // ---- receiving -----------------------------------------------------------------
