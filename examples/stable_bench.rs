@@ -255,14 +255,20 @@ fn stable_rt2(items: u32) -> Result<Duration, BoxError> {
     Ok(took)
 }
 
-fn run_rt2() -> Result<(), BoxError> {
+/// `[items] [repeats]` from the command line (defaults 200000 and 5).
+fn args() -> Result<(u32, usize), BoxError> {
     let mut args = std::env::args().skip(1);
-    let items: u32 = args
+    let items = args
         .next()
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(200_000);
-    let repeats: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let repeats = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    Ok((items, repeats))
+}
+
+fn run_rt2() -> Result<(), BoxError> {
+    let (items, repeats) = args()?;
     let (mut bare_rates, mut stable_rates, mut ratios) = (vec![], vec![], vec![]);
     for r in 0..repeats {
         let b = items as f64 / bare_rt2(items)?.as_secs_f64();
@@ -309,13 +315,7 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let mut args = std::env::args().skip(1);
-    let items: u32 = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(200_000);
-    let repeats: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let (items, repeats) = args()?;
     let (mut bare_rates, mut stable_rates, mut ratios, mut kills) =
         (vec![], vec![], vec![], vec![]);
     for r in 0..repeats {
