@@ -266,6 +266,7 @@ impl Control {
     }
 }
 
+#[inline]
 fn link_err(e: ShmError) -> LinkError {
     match e {
         ShmError::Corrupt(s) => LinkError::Corrupt(s),
@@ -805,6 +806,7 @@ impl std::fmt::Debug for ShmTx {
 
 impl ShmTx {
     /// Whether a frame grant and a slot are both available now (takes neither).
+    #[inline]
     fn ready(&mut self) -> Result<bool, LinkError> {
         // Acquire: pairs with the Release store in `ShmRx::drop`; nothing is read after it,
         // but it keeps the check ordered before our own later loads of the ring.
@@ -826,6 +828,7 @@ impl ShmTx {
     }
 
     /// Waits until [`ready`](Self::ready).
+    #[inline]
     async fn wait_ready(&mut self) -> Result<(), LinkError> {
         if self.ready()? {
             return Ok(());
@@ -881,6 +884,7 @@ impl Drop for ShmTx {
 impl LinkTx for ShmTx {
     type Permit<'a> = ShmPermit<'a>;
 
+    #[inline]
     async fn reserve(&mut self) -> Result<ShmPermit<'_>, LinkError> {
         if let Some(e) = &self.error {
             if let Some(f) = &self.fault {
@@ -946,6 +950,7 @@ pub struct ShmPermit<'a> {
 impl<'a> Permit for ShmPermit<'a> {
     type Slot = ShmSlot<'a>;
 
+    #[inline]
     fn alloc(self, len: usize) -> Result<ShmSlot<'a>, LinkError> {
         let ShmPermit {
             grant,
@@ -997,6 +1002,7 @@ pub struct ShmSlot<'a> {
 }
 
 impl WriteSlot for ShmSlot<'_> {
+    #[inline]
     fn as_mut_slice(&mut self) -> &mut [u8] {
         let len = self.len;
         match &mut self.body {
@@ -1005,6 +1011,7 @@ impl WriteSlot for ShmSlot<'_> {
         }
     }
 
+    #[inline]
     fn commit(self) {
         let ShmSlot {
             body,
@@ -1085,6 +1092,7 @@ struct Arena {
 
 impl Arena {
     /// Copies an inline frame's payload out of the ring.
+    #[inline]
     fn copy(&mut self, frame: &ReadFrame<'_>) -> Bytes {
         let len = frame.len();
         if len > ARENA_MAX_PAYLOAD {
@@ -1101,6 +1109,7 @@ impl Arena {
     }
 
     /// Sets an empty `buf` to the payload.
+    #[inline]
     fn fill(buf: &mut BytesMut, frame: &ReadFrame<'_>) {
         debug_assert!(buf.is_empty());
         buf.reserve(frame.len());
@@ -1122,6 +1131,7 @@ enum Taken {
 }
 
 impl ShmRx {
+    #[inline]
     fn try_take(&mut self) -> Result<Taken, LinkError> {
         let Some(frame) = self.ring.try_read().map_err(link_err)? else {
             // Publish the space released in batches before anyone waits on it.
@@ -1158,6 +1168,7 @@ impl ShmRx {
     }
 
     /// A message if one is there, `None` at a clean end, or keeps looking.
+    #[inline]
     fn poll_ring(&mut self) -> Result<Option<Option<Bytes>>, LinkError> {
         match self.try_take()? {
             Taken::Message(m) => return Ok(Some(Some(m))),
@@ -1178,6 +1189,7 @@ impl ShmRx {
         Ok(None)
     }
 
+    #[inline]
     async fn recv_inner(&mut self) -> Result<Option<Bytes>, LinkError> {
         if let Some(r) = self.poll_ring()? {
             return Ok(r);
@@ -1224,6 +1236,7 @@ impl Drop for ShmRx {
 }
 
 impl LinkRx for ShmRx {
+    #[inline]
     async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
         if let Some(done) = &self.done {
             return done.clone().map(|()| None);

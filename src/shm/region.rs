@@ -163,6 +163,7 @@ impl Region {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -173,6 +174,7 @@ impl Region {
     }
 
     /// The start of the region.
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }

@@ -170,6 +170,7 @@ pub struct Wake(bool);
 impl Wake {
     /// `true` if the peer had announced it was parked: write its doorbell now. Reported
     /// once per park of the peer.
+    #[inline]
     pub fn is_needed(self) -> bool {
         self.0
     }
@@ -189,6 +190,8 @@ pub enum FrameKind {
     Close,
 }
 
+#[cold]
+#[inline(never)]
 fn corrupt(msg: String) -> ShmError {
     ShmError::Corrupt(msg)
 }
@@ -279,6 +282,7 @@ impl Ring {
         })
     }
 
+    #[inline]
     fn header(&self) -> &RingHeader {
         // SAFETY: the region holds at least `HEADER_LEN` bytes, is 64-aligned and lives as
         // long as `self`; the header was initialised by `init` (under loom) or consists of
@@ -315,6 +319,7 @@ impl Ring {
     }
 
     /// Pointer to data byte `offset` (`offset <= capacity`).
+    #[inline]
     fn data(&self, offset: u64) -> *mut u8 {
         debug_assert!(offset <= self.capacity);
         // SAFETY: the region holds `HEADER_LEN + capacity` bytes and `offset <= capacity`,
@@ -322,6 +327,7 @@ impl Ring {
         unsafe { self.region.as_ptr().add(HEADER_LEN + offset as usize) }
     }
 
+    #[inline]
     fn read_word(&self, offset: u64) -> u64 {
         debug_assert!(offset % 8 == 0 && offset + 8 <= self.capacity);
         // SAFETY: `offset` is 8-aligned and `offset + 8 <= capacity`, so the 8 bytes are in
@@ -331,6 +337,7 @@ impl Ring {
         unsafe { ptr::read_volatile(self.data(offset).cast::<u64>()) }
     }
 
+    #[inline]
     fn write_word(&self, offset: u64, value: u64) {
         debug_assert!(offset % 8 == 0 && offset + 8 <= self.capacity);
         // SAFETY: as in `read_word`; the producer only writes bytes between `head` and
@@ -358,10 +365,12 @@ impl Ring {
     fn track(&self, _from: u64, _len: u64, _write: bool) {}
 }
 
+#[inline]
 fn footprint(len: usize) -> u64 {
     (FRAME_HEADER_LEN + len.next_multiple_of(FRAME_ALIGN)) as u64
 }
 
+#[inline]
 fn encode(kind: u32, slot: u32, len: u32) -> u64 {
     u64::from(len) | (u64::from(kind) << 32) | (u64::from(slot) << 40)
 }
@@ -410,6 +419,7 @@ struct Notifier {
 
 impl Notifier {
     /// Run right after publishing an index (Release store).
+    #[inline]
     fn notify(&mut self, flag: &AtomicU64) -> Wake {
         // SeqCst fence: pairs with the SeqCst fence in the peer's `Waiter::announce`.
         fence(Ordering::SeqCst);
@@ -467,6 +477,7 @@ impl RingProducer {
     }
 
     /// Re-reads the consumer's tail and validates it.
+    #[inline]
     fn refresh_tail(&mut self) -> Result<(), ShmError> {
         // Acquire: pairs with the consumer's Release store of `tail` in
         // `RingConsumer::publish_tail`,
@@ -488,6 +499,7 @@ impl RingProducer {
 
     /// Bytes needed for a frame of up to `max_len` payload bytes at the current head,
     /// including padding to the wrap, and the padding alone.
+    #[inline]
     fn need(&self, max_len: usize) -> (u64, u64) {
         let foot = footprint(max_len);
         let to_end = self.ring.capacity - (self.head & self.ring.mask);
@@ -498,6 +510,7 @@ impl RingProducer {
         }
     }
 
+    #[inline]
     fn has_room(&self, need: u64) -> bool {
         self.ring.capacity - self.head.wrapping_sub(self.cached_tail) >= need
     }
@@ -511,6 +524,7 @@ impl RingProducer {
     ///
     /// Errors: [`ShmError::TooLarge`] if `max_len` exceeds [`max_inline`](Self::max_inline);
     /// [`ShmError::Corrupt`] if the consumer's index is invalid.
+    #[inline]
     pub fn try_grant(&mut self, max_len: usize) -> Result<Option<Grant<'_>>, ShmError> {
         if max_len > self.ring.max_inline {
             return Err(ShmError::TooLarge {
@@ -579,6 +593,7 @@ impl RingProducer {
     }
 
     /// Writes the padding (if any) and the frame header, then publishes.
+    #[inline]
     fn publish(&mut self, pad: u64, header: u64, foot: u64) -> Wake {
         let ring = &self.ring;
         let start = self.head;
@@ -619,12 +634,14 @@ impl fmt::Debug for Grant<'_> {
 
 impl Grant<'_> {
     /// Maximum inline payload of this grant in bytes.
+    #[inline]
     pub fn max_len(&self) -> usize {
         self.max_len
     }
 
     /// The inline payload area: exactly [`max_len`](Self::max_len) bytes of ring memory.
     /// Its initial content is unspecified.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let ring = &self.producer.ring;
         let offset = self.producer.head.wrapping_add(self.pad) & ring.mask;
@@ -643,6 +660,7 @@ impl Grant<'_> {
     /// Publishes the first `len` bytes of the payload area as one inline frame.
     ///
     /// Fails with [`ShmError::TooLarge`] (publishing nothing) if `len > max_len`.
+    #[inline]
     pub fn commit_inline(self, len: usize) -> Result<Wake, ShmError> {
         if len > self.max_len {
             return Err(ShmError::TooLarge {
@@ -658,6 +676,7 @@ impl Grant<'_> {
     /// Publishes a reference to slab slot `slot` holding `len` payload bytes.
     ///
     /// Fails with [`ShmError::InvalidConfig`] (publishing nothing) if `slot > MAX_SLOT`.
+    #[inline]
     pub fn commit_slab(self, slot: u32, len: u32) -> Result<Wake, ShmError> {
         if slot > MAX_SLOT {
             return Err(ShmError::InvalidConfig(format!(
@@ -744,6 +763,7 @@ impl RingConsumer {
     /// Publishes released space not yet published (see
     /// [`set_release_batch`](Self::set_release_batch)) and tells whether the producer must be
     /// woken. Cheap when nothing is pending.
+    #[inline]
     pub fn flush(&mut self) -> Wake {
         let owed = std::mem::take(&mut self.owed_wake);
         if self.published_tail == self.tail {
@@ -752,6 +772,7 @@ impl RingConsumer {
         Wake(self.publish_tail().is_needed() || owed)
     }
 
+    #[inline]
     fn publish_tail(&mut self) -> Wake {
         self.published_tail = self.tail;
         let h = self.ring.header();
@@ -762,6 +783,7 @@ impl RingConsumer {
     }
 
     /// Re-reads the producer's head and validates it.
+    #[inline]
     fn refresh_head(&mut self) -> Result<(), ShmError> {
         // Acquire: pairs with the producer's Release store of `head` in `publish`; the
         // frames up to `head` are fully written once we see it.
@@ -786,6 +808,7 @@ impl RingConsumer {
     /// [`release`](ReadFrame::release) leaves it in the ring: the next call returns it again.
     /// Errors with [`ShmError::Corrupt`] on any malformed index or frame; the ring must then
     /// not be used any more.
+    #[inline]
     pub fn try_read(&mut self) -> Result<Option<ReadFrame<'_>>, ShmError> {
         loop {
             if self.tail == self.cached_head {
@@ -920,16 +943,19 @@ impl fmt::Debug for ReadFrame<'_> {
 
 impl ReadFrame<'_> {
     /// The frame's kind.
+    #[inline]
     pub fn kind(&self) -> FrameKind {
         self.kind
     }
 
     /// Payload length in bytes (inline bytes, or the slab payload's length; 0 for close).
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the payload is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -939,6 +965,7 @@ impl ReadFrame<'_> {
     /// For a ring shared with another process prefer [`copy_payload`](Self::copy_payload):
     /// a slice is a promise that the bytes do not change while it lives, which a hostile
     /// peer can break.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         if self.kind != FrameKind::Inline {
             return &[];
@@ -960,6 +987,7 @@ impl ReadFrame<'_> {
     /// Unlike [`payload`](Self::payload), this never forms a reference to ring memory, so
     /// it stays sound when a hostile peer process rewrites the bytes while they are copied
     /// (the copy may then hold a mix of old and new bytes — never more or fewer).
+    #[inline]
     pub fn copy_payload(&self, dst: &mut [std::mem::MaybeUninit<u8>]) -> Option<usize> {
         if self.kind != FrameKind::Inline {
             return Some(0);
@@ -989,6 +1017,7 @@ impl ReadFrame<'_> {
     /// whether the producer must be woken. With a [release
     /// batch](RingConsumer::set_release_batch), the space is published to the producer only
     /// once the batch is full or at [`RingConsumer::flush`].
+    #[inline]
     pub fn release(self) -> Wake {
         let c = self.consumer;
         c.tail = c.tail.wrapping_add(self.foot);

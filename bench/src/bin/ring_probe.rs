@@ -10,6 +10,11 @@
 //! once per message keeps pace with the producer, so every message costs at least one
 //! cross-core cache-line transfer (head and frame written just before they are read); a
 //! consumer that rarely finds it empty is the bottleneck itself. Ratios within one run only.
+//!
+//! `BACKOFF=k`: the ring's consumer pauses `k` times (`spin_loop`) after finding the ring
+//! empty instead of once, so it reads in batches. `SAME=1`: both ends on one thread instead
+//! (256 messages written, then read; the ring and then ShmLink on a current-thread
+//! runtime): the software cost of a message with no cross-core traffic.
 
 use std::mem::MaybeUninit;
 use std::time::Instant;
@@ -29,7 +34,7 @@ struct RingRun {
     full_polls: u64,
 }
 
-fn ring_one_way(size: usize, n: usize) -> RingRun {
+fn ring_one_way(size: usize, n: usize, backoff: u32) -> RingRun {
     let region = Region::heap(ring::ring_region_size(CAPACITY));
     ring::init(&region, CAPACITY).expect("init");
     let mut tx = RingProducer::attach(region.clone(), CAPACITY).expect("producer");
@@ -49,7 +54,9 @@ fn ring_one_way(size: usize, n: usize) -> RingRun {
                     None => {
                         empty += 1;
                         let _ = rx.flush();
-                        std::hint::spin_loop();
+                        for _ in 0..backoff {
+                            std::hint::spin_loop();
+                        }
                     }
                 }
             }
@@ -76,6 +83,52 @@ fn ring_one_way(size: usize, n: usize) -> RingRun {
         empty_polls,
         full_polls: full,
     }
+}
+
+/// Both ends on one thread: 256 messages written, then read (the software cost alone).
+fn ring_same_thread(size: usize, n: usize) -> f64 {
+    let region = Region::heap(ring::ring_region_size(CAPACITY));
+    ring::init(&region, CAPACITY).expect("init");
+    let mut tx = RingProducer::attach(region.clone(), CAPACITY).expect("producer");
+    let mut rx = RingConsumer::attach(region, CAPACITY).expect("consumer");
+    rx.set_release_batch(CAPACITY / 16);
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); GRANT];
+    let payload = vec![0xA5u8; size];
+    let start = Instant::now();
+    for _ in 0..n / 256 {
+        for _ in 0..256 {
+            let mut grant = tx.try_grant(GRANT).expect("ring").expect("room");
+            grant.as_mut_slice()[..size].copy_from_slice(&payload);
+            let _ = grant.commit_inline(size).expect("commit");
+        }
+        for _ in 0..256 {
+            let frame = rx.try_read().expect("ring").expect("frame");
+            assert_eq!(frame.copy_payload(&mut buf), Some(size));
+            let _ = frame.release();
+        }
+    }
+    (n / 256 * 256) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// ShmLink with both halves on one thread: 256 messages sent, then received.
+fn link_same_thread(size: usize, n: usize) -> f64 {
+    let (a, b) = ShmLink::pair(ShmConfig::default()).expect("pair");
+    let (_btx, mut brx) = b.split();
+    let (mut atx, _arx) = a.split();
+    let payload = vec![0xA5u8; size];
+    runtime().block_on(async {
+        let start = Instant::now();
+        for _ in 0..n / 256 {
+            for _ in 0..256 {
+                send_bytes(&mut atx, &payload).await.expect("send");
+            }
+            for _ in 0..256 {
+                let m = brx.recv().await.expect("recv").expect("early end");
+                assert_eq!(m.len(), size);
+            }
+        }
+        (n / 256 * 256) as f64 / start.elapsed().as_secs_f64()
+    })
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -120,8 +173,21 @@ fn main() {
     let size = args.next().unwrap_or(64);
     let repeats = args.next().unwrap_or(5);
     assert!(size <= GRANT, "size must be at most {GRANT}");
+    let backoff = std::env::var("BACKOFF")
+        .map(|v| v.parse::<u32>().expect("BACKOFF: a number"))
+        .unwrap_or(1);
+    if std::env::var_os("SAME").is_some() {
+        for _ in 0..repeats {
+            println!(
+                "same thread: ring {:.2} M msg/s, ShmLink {:.2} M msg/s",
+                ring_same_thread(size, n) / 1e6,
+                link_same_thread(size, n) / 1e6
+            );
+        }
+        return;
+    }
     for r in 0..repeats {
-        let ring = ring_one_way(size, n);
+        let ring = ring_one_way(size, n, backoff);
         let link = link_one_way(size, n);
         println!(
             "repeat {r}: ring {:.2} M msg/s (consumer found it empty {} times, producer full {} \
