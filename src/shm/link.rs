@@ -827,7 +827,11 @@ impl ShmTx {
         self.slab.has_free().map_err(link_err)
     }
 
-    /// Waits until [`ready`](Self::ready).
+    /// Waits until [`ready`](Self::ready): checks, spins for the budget, then parks.
+    ///
+    /// The parking part is boxed, so that the future of `reserve` stays a few words long:
+    /// a large future is copied into place on every call, which cost more than the rest of
+    /// a send (a park costs a system call and a wake-up anyway).
     #[inline]
     async fn wait_ready(&mut self) -> Result<(), LinkError> {
         if self.ready()? {
@@ -838,6 +842,11 @@ impl ShmTx {
         if found {
             return Ok(());
         }
+        Box::pin(self.park_until_ready()).await
+    }
+
+    /// The parking part of [`wait_ready`](Self::wait_ready).
+    async fn park_until_ready(&mut self) -> Result<(), LinkError> {
         loop {
             // Announce the park on whichever resource is missing, then re-check.
             let ring_room = self
@@ -1189,6 +1198,7 @@ impl ShmRx {
         Ok(None)
     }
 
+    /// Checks, spins for the budget, then parks (boxed, as in [`ShmTx::wait_ready`]).
     #[inline]
     async fn recv_inner(&mut self) -> Result<Option<Bytes>, LinkError> {
         if let Some(r) = self.poll_ring()? {
@@ -1203,6 +1213,11 @@ impl ShmRx {
         if let Some(r) = found {
             return Ok(r);
         }
+        Box::pin(self.park_until_message()).await
+    }
+
+    /// The parking part of [`recv_inner`](Self::recv_inner).
+    async fn park_until_message(&mut self) -> Result<Option<Bytes>, LinkError> {
         loop {
             if self.ring.prepare_park().map_err(link_err)? {
                 tokio::select! {
