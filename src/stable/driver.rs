@@ -987,7 +987,9 @@ impl StableSender {
     pub async fn send(&self, item: impl Into<Bytes>) -> Result<(), StableError> {
         match self.core.try_send(item.into())? {
             None => Ok(()),
-            Some(item) => self.core.send_slow(item).await,
+            // Boxed: the waiting future is large, and a large `send` future is copied into
+            // place on every call, even when the item is queued at once.
+            Some(item) => Box::pin(self.core.send_slow(item)).await,
         }
     }
 
@@ -1079,8 +1081,13 @@ pub struct StableConn {
 
 impl StableConn {
     /// Sends one item; see [`StableSender::send`].
-    pub async fn send(&self, item: impl Into<Bytes>) -> Result<(), StableError> {
-        self.sender.send(item).await
+    pub fn send<'a>(
+        &'a self,
+        item: impl Into<Bytes> + 'a,
+    ) -> impl Future<Output = Result<(), StableError>> + 'a {
+        // Not an `async fn` wrapping the sender's: that would hold the item twice and copy
+        // the inner future into the outer one on every call.
+        self.sender.send(item)
     }
 
     /// Receives the next item; see [`StableReceiver::recv`].
