@@ -1132,27 +1132,34 @@ impl Arena {
     }
 }
 
-/// One attempt at taking a frame.
-enum Taken {
-    Message(Bytes),
-    Close,
+/// What one look at the ring found. A message itself goes to the caller's `out` slot: the
+/// per-message path moves no nested `Result<Option<..>>` around (cheaper to return).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A message was stored in `out`.
+    Message,
+    /// The link ended cleanly.
+    End,
+    /// Nothing yet: keep looking.
     Empty,
 }
 
 impl ShmRx {
+    /// Takes one frame if there is one: [`Step::Message`] (stored in `out`), [`Step::End`]
+    /// for a close marker, [`Step::Empty`].
     #[inline]
-    fn try_take(&mut self) -> Result<Taken, LinkError> {
+    fn try_take(&mut self, out: &mut Option<Bytes>) -> Result<Step, LinkError> {
         let Some(frame) = self.ring.try_read().map_err(link_err)? else {
             // Publish the space released in batches before anyone waits on it.
             if self.ring.flush().is_needed() {
                 self.space_ready.ring()?;
             }
-            return Ok(Taken::Empty);
+            return Ok(Step::Empty);
         };
-        let (taken, wake) = match frame.kind() {
+        let (step, wake) = match frame.kind() {
             FrameKind::Inline => {
-                let msg = self.arena.copy(&frame);
-                (Taken::Message(msg), frame.release())
+                *out = Some(self.arena.copy(&frame));
+                (Step::Message, frame.release())
             }
             FrameKind::Slab { slot } => {
                 let len = u32::try_from(frame.len()).map_err(|_| {
@@ -1166,58 +1173,60 @@ impl ShmRx {
                     self.slab.take(slot, len)
                 }
                 .map_err(link_err)?;
-                (Taken::Message(msg), frame.release())
+                *out = Some(msg);
+                (Step::Message, frame.release())
             }
-            FrameKind::Close => (Taken::Close, frame.release()),
+            FrameKind::Close => (Step::End, frame.release()),
         };
         if wake.is_needed() {
             self.space_ready.ring()?;
         }
-        Ok(taken)
+        Ok(step)
     }
 
-    /// A message if one is there, `None` at a clean end, or keeps looking.
+    /// A message (in `out`), the end, or [`Step::Empty`] to keep looking.
     #[inline]
-    fn poll_ring(&mut self) -> Result<Option<Option<Bytes>>, LinkError> {
-        match self.try_take()? {
-            Taken::Message(m) => return Ok(Some(Some(m))),
-            Taken::Close => return Ok(Some(None)),
-            Taken::Empty => {}
+    fn poll_ring(&mut self, out: &mut Option<Bytes>) -> Result<Step, LinkError> {
+        let step = self.try_take(out)?;
+        if step != Step::Empty {
+            return Ok(step);
         }
         // Acquire: pairs with the Release store in `ShmTx::drop`: every frame committed
         // before the close is visible now, so an empty ring after this load means the end.
         if self.control.producer_closed().load(Ordering::Acquire) != 0 {
-            return match self.try_take()? {
-                Taken::Message(m) => Ok(Some(Some(m))),
-                Taken::Close | Taken::Empty => Ok(Some(None)),
+            return match self.try_take(out)? {
+                Step::Message => Ok(Step::Message),
+                Step::End | Step::Empty => Ok(Step::End),
             };
         }
         if self.peer_gone.load(Ordering::Relaxed) {
             return Err(peer_died());
         }
-        Ok(None)
+        Ok(Step::Empty)
     }
 
     /// Checks, spins for the budget, then parks (boxed, as in [`ShmTx::wait_ready`]).
+    /// Returns [`Step::Message`] (in `out`) or [`Step::End`].
     #[inline]
-    async fn recv_inner(&mut self) -> Result<Option<Bytes>, LinkError> {
-        if let Some(r) = self.poll_ring()? {
-            return Ok(r);
+    async fn recv_inner(&mut self, out: &mut Option<Bytes>) -> Result<Step, LinkError> {
+        let step = self.poll_ring(out)?;
+        if step != Step::Empty {
+            return Ok(step);
         }
-        let mut found = None;
+        let mut step = Step::Empty;
         let spun = spin_until(self.spinner.budget(), || {
-            found = self.poll_ring()?;
-            Ok(found.is_some())
+            step = self.poll_ring(out)?;
+            Ok(step != Step::Empty)
         })?;
         self.spinner.record(spun);
-        if let Some(r) = found {
-            return Ok(r);
+        if step != Step::Empty {
+            return Ok(step);
         }
-        Box::pin(self.park_until_message()).await
+        Box::pin(self.park_until_message(out)).await
     }
 
     /// The parking part of [`recv_inner`](Self::recv_inner).
-    async fn park_until_message(&mut self) -> Result<Option<Bytes>, LinkError> {
+    async fn park_until_message(&mut self, out: &mut Option<Bytes>) -> Result<Step, LinkError> {
         loop {
             if self.ring.prepare_park().map_err(link_err)? {
                 tokio::select! {
@@ -1235,8 +1244,9 @@ impl ShmRx {
                 // Withdraw the announcement (`prepare_park` already did when it said no).
                 self.ring.unpark();
             }
-            if let Some(r) = self.poll_ring()? {
-                return Ok(r);
+            let step = self.poll_ring(out)?;
+            if step != Step::Empty {
+                return Ok(step);
             }
         }
     }
@@ -1256,9 +1266,10 @@ impl LinkRx for ShmRx {
         if let Some(done) = &self.done {
             return done.clone().map(|()| None);
         }
-        match self.recv_inner().await {
-            Ok(Some(m)) => Ok(Some(m)),
-            Ok(None) => {
+        let mut out = None;
+        match self.recv_inner(&mut out).await {
+            Ok(Step::Message) => Ok(out),
+            Ok(_) => {
                 self.done = Some(Ok(()));
                 Ok(None)
             }
