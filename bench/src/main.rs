@@ -32,6 +32,9 @@ pub struct Settings {
     pub repeats: usize,
     /// Bytes streamed per one-way measurement (messages = bytes / size, clamped).
     pub stream_bytes: usize,
+    /// Lower bound on messages per one-way measurement (see
+    /// [`harness::MIN_STREAM_MESSAGES`], the default).
+    pub min_stream_messages: usize,
     /// Upper bound on messages per one-way measurement.
     pub max_stream_messages: usize,
     /// Round trips per latency measurement for small messages (fewer for 64 KiB and 1 MiB).
@@ -66,6 +69,7 @@ fn main() {
     let mut s = Settings {
         repeats: 7,
         stream_bytes: 64 << 20,
+        min_stream_messages: harness::MIN_STREAM_MESSAGES,
         max_stream_messages: 40_000,
         round_trips: 2_000,
         only: Vec::new(),
@@ -78,6 +82,7 @@ fn main() {
             "--quick" => {
                 s.repeats = 3;
                 s.stream_bytes = 8 << 20;
+                s.min_stream_messages = 100;
                 s.max_stream_messages = 20_000;
                 s.round_trips = 500;
             }
@@ -177,13 +182,14 @@ fn header(s: &Settings) -> Vec<String> {
         ),
         format!(
             "settings: {} paired repeats (median [min–max] over repeats); round trips per repeat: {} \
-             (64 B, 4 KiB), {} (64 KiB), {} (1 MiB), after a tenth as many (10–200) warm-up ones; one-way: {} MiB or at \
-             most {} messages per repeat; {}",
+             (64 B, 4 KiB), {} (64 KiB), {} (1 MiB), after a tenth as many (10–200) warm-up ones; one-way: {} MiB, at \
+             least {} and at most {} messages per repeat; {}",
             s.repeats,
             harness::round_trips(s, 64),
             harness::round_trips(s, 64 << 10),
             harness::round_trips(s, 1 << 20),
             s.stream_bytes >> 20,
+            s.min_stream_messages,
             s.max_stream_messages,
             if cfg!(debug_assertions) {
                 "DEBUG BUILD: figures are meaningless, use --release"
