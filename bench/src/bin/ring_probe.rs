@@ -118,16 +118,26 @@ fn link_same_thread(size: usize, n: usize) -> f64 {
     let payload = vec![0xA5u8; size];
     runtime().block_on(async {
         let start = Instant::now();
+        let mut sending = std::time::Duration::ZERO;
         for _ in 0..n / 256 {
+            let t = Instant::now();
             for _ in 0..256 {
                 send_bytes(&mut atx, &payload).await.expect("send");
             }
+            sending += t.elapsed();
             for _ in 0..256 {
                 let m = brx.recv().await.expect("recv").expect("early end");
                 assert_eq!(m.len(), size);
             }
         }
-        (n / 256 * 256) as f64 / start.elapsed().as_secs_f64()
+        let total = start.elapsed();
+        let per = |d: std::time::Duration| d.as_nanos() as f64 / (n / 256 * 256) as f64;
+        eprintln!(
+            "  ShmLink per message: send {:.1} ns, receive {:.1} ns",
+            per(sending),
+            per(total - sending)
+        );
+        (n / 256 * 256) as f64 / total.as_secs_f64()
     })
 }
 
