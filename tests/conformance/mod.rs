@@ -213,7 +213,10 @@ pub async fn cancelled_recv_loses_nothing<L: Link>(a: L, b: L) {
         for i in 0..N {
             send(&mut atx, &payload(i, 200_000)).await.unwrap();
             if i % 7 == 0 {
-                tokio::task::yield_now().await;
+                // Longer than any bounded spin inside `recv` (ShmLink's busy-spin spins up
+                // to 2 ms): the receiver must find the link empty and return `Pending`, so
+                // the cancellation below happens on every transport, not only by chance.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         atx.close().await.unwrap();
