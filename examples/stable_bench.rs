@@ -1,7 +1,8 @@
 //! Measures, in one process and paired per repeat:
 //!
 //! 1. throughput of a stable session (plain tokio driver) against the bare link it runs
-//!    over (a Unix socket pair), 64-byte items, one way;
+//!    over (a Unix socket pair, or an in-process link with `LINK=inproc`), items of 64
+//!    bytes (or `SIZE` bytes), one way;
 //! 2. the time from a link kill to the first replayed item delivered to the peer, with a
 //!    zero reconnect backoff (so: failure detection, reconnect, resume handshake, replay).
 //!
@@ -9,6 +10,7 @@
 //! cargo run --release --example stable_bench [items] [repeats]
 //! CT=1 cargo run --release --example stable_bench [items] [repeats]   # one thread
 //! RT2=1 cargo run --release --example stable_bench [items] [repeats]  # a thread per side
+//! SIZE=4096 LINK=inproc cargo run --release --example stable_bench    # 4 KiB items over inproc
 //! ```
 //!
 //! By default the runtime has two worker threads; with `CT=1` it is a current-thread
@@ -25,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_tether::links::fault::{FaultHandle, FaultPlan, FaultyLink};
+use actix_tether::links::inproc::{InprocConfig, InprocLink};
 use actix_tether::links::stream::StreamLink;
 use actix_tether::links::{send_bytes, FnSource, Link, LinkError, LinkRx};
 use actix_tether::stable::driver::{DriverConfig, StableClient, StableServer};
@@ -36,10 +39,43 @@ type UnixLink = StreamLink<tokio::net::unix::OwnedReadHalf, tokio::net::unix::Ow
 
 static PAYLOAD: [u8; 64] = [7; 64];
 
+/// Item size (`SIZE`, default 64 bytes) and transport (`LINK=inproc` for an in-process
+/// link, otherwise a Unix socket pair) of the throughput runs.
+struct Params {
+    size: usize,
+    inproc: bool,
+}
+
+fn params() -> Params {
+    Params {
+        size: std::env::var("SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64),
+        inproc: std::env::var("LINK").is_ok_and(|v| v == "inproc"),
+    }
+}
+
+fn inproc_pair() -> (InprocLink, InprocLink) {
+    let cfg = InprocConfig::default();
+    InprocLink::pair(&cfg, &cfg)
+}
+
 async fn bare(items: u32) -> Result<Duration, BoxError> {
-    let (a, b) = StreamLink::unix_pair(Default::default())?;
+    let p = params();
+    if p.inproc {
+        let (a, b) = inproc_pair();
+        bare_over(a, b, items, p.size).await
+    } else {
+        let (a, b) = StreamLink::unix_pair(Default::default())?;
+        bare_over(a, b, items, p.size).await
+    }
+}
+
+async fn bare_over<L: Link>(a: L, b: L, items: u32, size: usize) -> Result<Duration, BoxError> {
     let (mut tx, _arx) = a.split();
     let (_btx, mut rx) = b.split();
+    let payload = vec![7u8; size];
     let t0 = Instant::now();
     let recv = tokio::spawn(async move {
         for _ in 0..items {
@@ -49,7 +85,7 @@ async fn bare(items: u32) -> Result<Duration, BoxError> {
     });
     let send = tokio::spawn(async move {
         for _ in 0..items {
-            send_bytes(&mut tx, &PAYLOAD).await?;
+            send_bytes(&mut tx, &payload).await?;
         }
         Ok::<_, BoxError>(tx)
     });
@@ -71,9 +107,22 @@ fn config() -> StableConfig {
 }
 
 async fn stable(items: u32) -> Result<Duration, BoxError> {
-    let (server, mut sessions) = StableServer::<UnixLink>::new(config(), DriverConfig::default())?;
+    let p = params();
+    if p.inproc {
+        stable_over(|| Ok(inproc_pair()), items, p.size).await
+    } else {
+        stable_over(|| StreamLink::unix_pair(Default::default()), items, p.size).await
+    }
+}
+
+async fn stable_over<L: Link>(
+    pair: impl Fn() -> std::io::Result<(L, L)> + Send + Sync + 'static,
+    items: u32,
+    size: usize,
+) -> Result<Duration, BoxError> {
+    let (server, mut sessions) = StableServer::<L>::new(config(), DriverConfig::default())?;
     let source = FnSource(move || {
-        let pair = StreamLink::unix_pair(Default::default());
+        let pair = pair();
         let server = server.clone();
         async move {
             let (a, b) = pair?;
@@ -90,7 +139,7 @@ async fn stable(items: u32) -> Result<Duration, BoxError> {
         }
         Ok::<_, BoxError>(srv)
     });
-    let payload = Bytes::from_static(&PAYLOAD);
+    let payload = Bytes::from(vec![7u8; size]);
     let send = tokio::spawn(async move {
         for _ in 0..items {
             client.send(payload.clone()).await?;
@@ -189,11 +238,12 @@ fn bare_rt2(items: u32) -> Result<Duration, BoxError> {
         })
     });
     ready_rx.recv()?;
+    let payload = vec![7u8; params().size];
     let took = current_thread().block_on(async move {
         let (mut tx, _rx) = unix_link(a)?.split();
         let t0 = Instant::now();
         for _ in 0..items {
-            send_bytes(&mut tx, &PAYLOAD).await?;
+            send_bytes(&mut tx, &payload).await?;
         }
         // Awaited, not joined: this runtime still has to run the link's writer.
         let end = done_rx.await?;
@@ -242,7 +292,7 @@ fn stable_rt2(items: u32) -> Result<Duration, BoxError> {
         });
         let client = StableClient::connect(source, config(), DriverConfig::default())?;
         up_rx.await?;
-        let payload = Bytes::from_static(&PAYLOAD);
+        let payload = Bytes::from(vec![7u8; params().size]);
         let t0 = Instant::now();
         for _ in 0..items {
             client.send(payload.clone()).await?;
@@ -268,6 +318,11 @@ fn args() -> Result<(u32, usize), BoxError> {
 }
 
 fn run_rt2() -> Result<(), BoxError> {
+    if params().inproc {
+        return Err(
+            "RT2=1 runs over a Unix socket pair only (LINK=inproc is not supported)".into(),
+        );
+    }
     let (items, repeats) = args()?;
     let (mut bare_rates, mut stable_rates, mut ratios) = (vec![], vec![], vec![]);
     for r in 0..repeats {
