@@ -6,13 +6,40 @@
 //!
 //! * [`RegistryStats`] → [`ServerStats`]: counters (sessions, resumes, rejections,
 //!   refusals, handshake failures and the last handshake error).
-//! * Links arrive through [`StableRegistry::handle_link`] (any [`Link`]) or
+//! * [`actors::Incoming`](super::Incoming): a connection from an
+//!   [`Acceptor`](super::Acceptor) or a [`ShmHub`](super::hub::ShmHub) (pass the registry's
+//!   `recipient()` as their `incoming` recipient); its link goes to
+//!   [`handle_link`](StableRegistry::handle_link).
+//! * [`AcceptError`]: a failed accept of that `Acceptor`; logged (`tracing::warn!`), the
+//!   acceptor keeps listening.
+//! * Links also arrive through [`StableRegistry::handle_link`] (any [`Link`]) or
 //!   [`StableRegistry::serve`] (an accept loop on an [`endpoint::Listener`]).
+//!
+//! ```no_run
+//! # use actix::prelude::*;
+//! # use actix_tether::actors::{Acceptor, registry::{SessionWiring, StableRegistry}};
+//! # async fn f(wiring: impl FnMut(Addr<actix_tether::actors::session::StableSession<String>>)
+//! #     -> SessionWiring<String> + 'static) -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = StableRegistry::<String>::new(Default::default(), Default::default(), wiring)?
+//!     .start();
+//! let (_acceptor, _ep) = Acceptor::listen(
+//!     &"tcp://127.0.0.1:7000".parse()?,
+//!     registry.clone().recipient(),
+//!     registry.recipient(),
+//!     &Default::default(),
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
 //!
 //! For each new session the registry calls the application's `on_session` callback with the
 //! session's `Addr` (send [`Outgoing`](super::session::Outgoing) there) and takes back where
 //! its items and events go ([`SessionWiring`]). The application sees one stable `Addr` and
-//! one `Recipient` per session, whatever number of links the session uses.
+//! one `Recipient` per session, whatever number of links the session uses. The callback
+//! runs before the client is told its session exists: if it panics, the panic is caught,
+//! logged (`tracing::warn!`), the session is not created, and the client is answered
+//! `rejected` (it reports [`StableError::Refused`]; counted in [`ServerStats::refused`]).
+//! The registry keeps serving.
 //!
 //! # Lifecycle
 //!
@@ -31,6 +58,7 @@
 //! [`serve`](StableRegistry::serve) ends when accepting fails.
 
 use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -42,6 +70,7 @@ use super::pump::{spawn_pump, Pump};
 use super::session::{
     lock, Incoming, Item, Relink, SessionOptions, SharedRegistry, StableEvent, StableSession,
 };
+use super::{AcceptError, Incoming as IncomingLink};
 use crate::endpoint;
 use crate::links::{Link, LinkError};
 use crate::stable::driver::ServerStats;
@@ -164,32 +193,80 @@ impl<M: Item> StableRegistry<M> {
             }
             Err(e) => return Err(e),
         };
-        pump.out
-            .try_send(Bytes::copy_from_slice(
-                &ServerHello::accept_new(&key).to_bytes(),
-            ))
-            .map_err(|_| StableError::Link(LinkError::Closed))?;
+        if pump.out.is_closed() {
+            // The link died while its hello was read: no session for it.
+            lock(&self.registry).remove(id);
+            return Err(StableError::Link(LinkError::Closed));
+        }
         let registry = self.registry.clone();
         let options = self.options.clone();
         let on_session = self.on_session.clone();
-        let addr = actix::Supervisor::start(move |ctx: &mut Context<StableSession<M>>| {
-            let wiring = (on_session.borrow_mut())(ctx.address());
-            StableSession::new_server(
-                sess,
-                registry,
-                id,
-                pump,
-                options,
-                wiring.recipient,
-                wiring.events,
-            )
-        });
+        // The link stays here until the callback returned, so that a panicking callback
+        // leaves it to be answered `rejected`.
+        let out = pump.out.clone();
+        let link = Rc::new(RefCell::new(Some(pump)));
+        let take = link.clone();
+        // `Supervisor::start` builds the actor synchronously: a panic in the application's
+        // callback unwinds out of it before anything is spawned (the context is dropped).
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            actix::Supervisor::start(move |ctx: &mut Context<StableSession<M>>| {
+                let wiring = (on_session.borrow_mut())(ctx.address());
+                let pump = take.borrow_mut().take().expect("the link is taken once");
+                StableSession::new_server(
+                    sess,
+                    registry,
+                    id,
+                    pump,
+                    options,
+                    wiring.recipient,
+                    wiring.events,
+                )
+            })
+        }));
+        let addr = match started {
+            Ok(addr) => addr,
+            Err(panic) => {
+                tracing::warn!(
+                    panic = panic_message(&*panic),
+                    "stable registry: the on_session callback panicked; \
+                     new session refused (its link is answered `rejected`)"
+                );
+                lock(&self.registry).remove(id);
+                self.stats.refused += 1;
+                if let Some(pump) = link.borrow_mut().take() {
+                    answer_rejected(pump);
+                }
+                return Ok(());
+            }
+        };
         if let Some(slot) = lock(&self.registry).get_mut(id) {
             *slot = Some(addr);
         }
         self.stats.sessions += 1;
+        // The session actor has not run yet (it is spawned on this thread), so the hello
+        // is the first message on the link.
+        if out
+            .try_send(Bytes::copy_from_slice(
+                &ServerHello::accept_new(&key).to_bytes(),
+            ))
+            .is_err()
+        {
+            // The link died just now: the session actor sees it end and waits for a
+            // resume (which cannot come: the client never got the key) until the grace
+            // period expires.
+            return Err(StableError::Link(LinkError::Closed));
+        }
         Ok(())
     }
+}
+
+/// The text of a panic payload, if it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// Answers `rejected` and closes the link once the answer is written.
@@ -275,6 +352,22 @@ impl<M: Item> Handler<HandshakeFailed> for StableRegistry<M> {
         tracing::debug!(error = %msg.0, "stable registry: handshake failed");
         self.stats.handshake_failures += 1;
         self.stats.last_handshake_error = Some(msg.0);
+    }
+}
+
+impl<M: Item> Handler<IncomingLink> for StableRegistry<M> {
+    type Result = ();
+
+    fn handle(&mut self, incoming: IncomingLink, ctx: &mut Context<Self>) {
+        StableRegistry::handle_link(&ctx.address(), incoming.into_link(), &self.config);
+    }
+}
+
+impl<M: Item> Handler<AcceptError> for StableRegistry<M> {
+    type Result = ();
+
+    fn handle(&mut self, e: AcceptError, _ctx: &mut Context<Self>) {
+        tracing::warn!(error = %e.error, "stable registry: the acceptor failed to accept");
     }
 }
 
