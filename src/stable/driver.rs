@@ -31,8 +31,11 @@
 //!   replay buffer is full (the peer has not acknowledged enough, or the link is down) `send`
 //!   waits: **backpressure, never a drop**. Memory is bounded by the replay bound. When the
 //!   link itself is full, the background task takes the link's sending half, waits for room
-//!   and writes everything pending; `send` has already returned by then (the item is in the
-//!   replay buffer and will be delivered exactly once unless the session is lost).
+//!   and writes everything pending; the `send` that found it full has already returned (its
+//!   item is in the replay buffer and will be delivered exactly once unless the session is
+//!   lost), and later `send`s wait until the link took what was pending, as they would on
+//!   the bare link. (Without that wait a sender on a current-thread runtime filled the
+//!   whole replay buffer before the link's writer or the reading of acks got a turn.)
 //! * **`recv`** polls the link from the caller's task and feeds each message to the state
 //!   machine; a data item is returned at once, an ack frees replay room and wakes waiting
 //!   senders, and a standalone ack that became due (after
@@ -300,6 +303,7 @@ impl<T: LinkTx> DynTx for TxHalf<T> {
                     // Put back under the same lock that saw nothing left: a sender that
                     // pushes after this finds the half in place and writes itself.
                     st.tx = Some(me);
+                    core.link_room(&mut st);
                     return Ok(());
                 }
             }
@@ -308,6 +312,23 @@ impl<T: LinkTx> DynTx for TxHalf<T> {
 
     fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), LinkError>> {
         Box::pin(self.0.close())
+    }
+}
+
+impl State {
+    /// The link is up but refused the last write: frames wait for room, and the background
+    /// task has been asked to (or does) wait for it.
+    fn link_full(&self) -> bool {
+        self.link_up && (self.flush_requested || self.tx.is_none())
+    }
+
+    /// Whether `send` may queue an item of `len` bytes now: room in the replay buffer, and a
+    /// link that is not full. A sender faster than the link waits for the link, as it would
+    /// on the bare link, instead of filling the whole replay buffer first (on a
+    /// current-thread runtime that delayed the link's writer and the reading of acks until
+    /// the buffer was full, so the link idled while the sender filled it).
+    fn accepts(&self, len: usize) -> bool {
+        self.sess.can_accept(len) && !self.link_full()
     }
 }
 
@@ -335,6 +356,8 @@ struct State {
     write_scheduled: bool,
     /// Some `send` waits for replay room.
     senders_blocked: bool,
+    /// Some `send` waits for the link to take what is pending ([`State::link_full`]).
+    senders_wait_link: bool,
     /// The sending half was dropped: end once everything is acknowledged.
     senders_gone: bool,
     /// Items the background task read while the application was not inside `recv`.
@@ -417,6 +440,7 @@ impl Core {
                 flush_requested: false,
                 write_scheduled: false,
                 senders_blocked: false,
+                senders_wait_link: false,
                 senders_gone: false,
                 stash: VecDeque::new(),
                 app_reading: false,
@@ -505,6 +529,15 @@ impl Core {
         }
     }
 
+    /// The link took what was pending, failed, or was replaced: senders waiting for it may
+    /// go on.
+    fn link_room(&self, st: &mut State) {
+        if st.senders_wait_link && !st.link_full() {
+            st.senders_wait_link = false;
+            self.room.notify_waiters();
+        }
+    }
+
     /// Feeds one link message to the session. Returns what it carried for the application.
     fn on_message(&self, st: &mut State, msg: Bytes) -> Result<Polled, StableError> {
         // The clock matters only to start the ack delay at the first unacknowledged item.
@@ -584,6 +617,7 @@ impl Core {
         st.failure = Some(reason);
         st.flush_requested = false;
         st.stats.link_losses += 1;
+        self.link_room(st);
         self.wake_bg();
         self.app_waker.wake();
         true
@@ -610,6 +644,7 @@ impl Core {
         st.clock = now();
         let clock = st.clock;
         self.write_ready(&mut st, clock);
+        self.link_room(&mut st);
         drop(st);
         self.app_waker.wake();
         Some(gen)
@@ -653,7 +688,7 @@ impl Core {
             return Err(e.clone());
         }
         st.sess.check_item_len(item.len())?;
-        if !st.sess.can_accept(item.len()) {
+        if !st.accepts(item.len()) {
             return Ok(Some(item));
         }
         st.sess.push(item)?;
@@ -679,7 +714,7 @@ impl Core {
             room.as_mut().enable();
             {
                 let mut st = self.st();
-                if st.end.is_some() || st.sess.can_accept(item.len()) {
+                if st.end.is_some() || st.accepts(item.len()) {
                     drop(st);
                     item = match self.try_send(item)? {
                         None => return Ok(()),
@@ -687,7 +722,12 @@ impl Core {
                     };
                     continue;
                 }
-                st.senders_blocked = true;
+                if st.link_full() {
+                    st.senders_wait_link = true;
+                }
+                if !st.sess.can_accept(item.len()) {
+                    st.senders_blocked = true;
+                }
             }
             // Someone must read the peer's acks: the background task does when the
             // application is not inside `recv`.
@@ -910,7 +950,7 @@ async fn run_link<T>(
                         core.fail_link(&mut st, gen, e.into());
                         continue;
                     }
-                    Some(Ok(true)) | None => {}
+                    Some(Ok(true)) | None => core.link_room(&mut st),
                 }
             }
             if st.senders_gone && st.sess.unacked() == 0 && flushing.is_none() {
@@ -979,7 +1019,8 @@ pub struct StableSender {
 impl StableSender {
     /// Sends one item: it enters the replay buffer and is written on the link from the
     /// caller's task when the link has room. Waits while the replay buffer is full
-    /// (backpressure: the peer has not acknowledged enough, or the link is down). Fails once
+    /// (backpressure: the peer has not acknowledged enough, or the link is down) and while
+    /// the link is full (frames written earlier still wait for room). Fails once
     /// the session ended ([`StableError::SessionLost`], ...) or for an item above the
     /// maximum size.
     ///

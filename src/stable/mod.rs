@@ -233,13 +233,14 @@ pub struct StableConfig {
     /// How long either side waits for the other's hello on a fresh link. Default 10 s;
     /// must be above zero.
     pub handshake_timeout: Duration,
-    /// Most items the replay buffer holds (sent, not yet acknowledged). Default 65536; from 1
+    /// Most items the replay buffer holds (sent, not yet acknowledged). Default 16384; from 1
     /// to 2^30. This is the sender's window for small items: it must cover everything in
     /// flight between the two sides (link buffers, socket buffers, items the peer holds
     /// before its next ack) or the sender waits for acks it would otherwise not need. With
     /// 64-byte items over a Unix socket, each side on a thread of its own, 4096 kept the
-    /// session at about 0.6x the bare link and 65536 at about 0.8x (BENCHMARKS.md). The
-    /// memory it allows is bounded by `replay_max_bytes` plus about 32 bytes per item.
+    /// session at about 0.6x the bare link and 16384 at about 0.9x (BENCHMARKS.md); raise it
+    /// for links with a large bandwidth-delay product. The memory it allows is bounded by
+    /// `replay_max_bytes` plus about 32 bytes per item.
     pub replay_max_frames: usize,
     /// Most item bytes the replay buffer holds. Default 8 MiB; at least 1. An item larger
     /// than this can never be sent.
@@ -289,7 +290,7 @@ impl Default for StableConfig {
     fn default() -> Self {
         StableConfig {
             handshake_timeout: Duration::from_secs(10),
-            replay_max_frames: 65536,
+            replay_max_frames: 16384,
             replay_max_bytes: 8 * 1024 * 1024,
             max_item_len: 16 * 1024 * 1024 - 64,
             ack_every: 32,
