@@ -865,3 +865,59 @@ fn a_sender_on_one_thread_lets_a_full_link_drain_before_filling_the_replay_buffe
         );
     });
 }
+
+#[test]
+fn a_full_link_backpressures_the_sender_before_the_replay_buffer_fills() {
+    use actix_tether::links::inproc::{InprocConfig, InprocLink};
+    rt().block_on(async {
+        // A replay buffer far larger than anything this test sends: only the link can
+        // hold the sender back.
+        let cfg = StableConfig {
+            replay_max_frames: 1 << 20,
+            max_batch_bytes: 0,
+            ..config()
+        };
+        let driver = DriverConfig {
+            app_queue: 4,
+            ..Default::default()
+        };
+        let (server, mut sessions) =
+            StableServer::<InprocLink>::new(cfg.clone(), driver.clone()).unwrap();
+        let source = FnSource(move || {
+            let server = server.clone();
+            async move {
+                // Two messages in flight towards the server at most.
+                let small = InprocConfig {
+                    capacity: 2,
+                    ..Default::default()
+                };
+                let (client, server_half) = InprocLink::pair(&InprocConfig::default(), &small);
+                server.handle_link(server_half);
+                Ok(client)
+            }
+        });
+        let client = Arc::new(StableClient::connect(source, cfg, driver).unwrap());
+        let mut srv = guard("accept", sessions.accept()).await.unwrap();
+        const N: u32 = 5_000;
+        let c2 = client.clone();
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                c2.send(item(i)).await.unwrap();
+            }
+        });
+        // The server's application does not read: its driver holds `app_queue` items, the
+        // link two more, and then the link refuses the client's next frame.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !sender.is_finished(),
+            "send must wait while the link is full"
+        );
+        let pushed = client.stats().session.items_pushed;
+        assert!(pushed < 100, "{pushed} items queued behind a full link");
+        for i in 0..N {
+            assert_eq!(guard("recv", srv.recv()).await.unwrap(), item(i));
+        }
+        guard("sender", sender).await.unwrap();
+        assert_eq!(client.stats().session.items_pushed, u64::from(N));
+    });
+}

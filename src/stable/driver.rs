@@ -33,11 +33,9 @@
 //!   link itself is full, the background task takes the link's sending half, waits for room
 //!   and writes everything pending; the `send` that found it full has already returned (its
 //!   item is in the replay buffer and will be delivered exactly once unless the session is
-//!   lost). While the link stays full (or while there is no link), each `send` first yields
-//!   once to the other tasks of its thread (the link's writer, the background task) and
-//!   then queues its item: without that, a sender on a current-thread runtime filled the
-//!   whole replay buffer before the link's writer, the reading of acks or a reconnect got a
-//!   turn, and the link idled meanwhile.
+//!   lost), and later `send`s wait until the link took what was pending, as they would on
+//!   the bare link. (Without that wait a sender on a current-thread runtime filled the
+//!   whole replay buffer before the link's writer or the reading of acks got a turn.)
 //! * **`recv`** polls the link from the caller's task and feeds each message to the state
 //!   machine; a data item is returned at once, an ack frees replay room and wakes waiting
 //!   senders, and a standalone ack that became due (after
@@ -305,6 +303,7 @@ impl<T: LinkTx> DynTx for TxHalf<T> {
                     // Put back under the same lock that saw nothing left: a sender that
                     // pushes after this finds the half in place and writes itself.
                     st.tx = Some(me);
+                    core.link_room(&mut st);
                     return Ok(());
                 }
             }
@@ -317,11 +316,19 @@ impl<T: LinkTx> DynTx for TxHalf<T> {
 }
 
 impl State {
-    /// The link cannot take a frame now: there is none (the background task connects,
-    /// resumes or waits for the client), or it refused the last write (frames wait for
-    /// room, and the background task has been asked to, or does, wait for it).
-    fn link_blocked(&self) -> bool {
-        !self.link_up || self.flush_requested || self.tx.is_none()
+    /// The link is up but refused the last write: frames wait for room, and the background
+    /// task has been asked to (or does) wait for it.
+    fn link_full(&self) -> bool {
+        self.link_up && (self.flush_requested || self.tx.is_none())
+    }
+
+    /// Whether `send` may queue an item of `len` bytes now: room in the replay buffer, and a
+    /// link that is not full. A sender faster than the link waits for the link, as it would
+    /// on the bare link, instead of filling the whole replay buffer first (on a
+    /// current-thread runtime that delayed the link's writer and the reading of acks until
+    /// the buffer was full, so the link idled while the sender filled it).
+    fn accepts(&self, len: usize) -> bool {
+        self.sess.can_accept(len) && !self.link_full()
     }
 }
 
@@ -349,6 +356,8 @@ struct State {
     write_scheduled: bool,
     /// Some `send` waits for replay room.
     senders_blocked: bool,
+    /// Some `send` waits for the link to take what is pending ([`State::link_full`]).
+    senders_wait_link: bool,
     /// The sending half was dropped: end once everything is acknowledged.
     senders_gone: bool,
     /// Items the background task read while the application was not inside `recv`.
@@ -431,6 +440,7 @@ impl Core {
                 flush_requested: false,
                 write_scheduled: false,
                 senders_blocked: false,
+                senders_wait_link: false,
                 senders_gone: false,
                 stash: VecDeque::new(),
                 app_reading: false,
@@ -519,6 +529,15 @@ impl Core {
         }
     }
 
+    /// The link took what was pending, failed, or was replaced: senders waiting for it may
+    /// go on.
+    fn link_room(&self, st: &mut State) {
+        if st.senders_wait_link && !st.link_full() {
+            st.senders_wait_link = false;
+            self.room.notify_waiters();
+        }
+    }
+
     /// Feeds one link message to the session. Returns what it carried for the application.
     fn on_message(&self, st: &mut State, msg: Bytes) -> Result<Polled, StableError> {
         // The clock matters only to start the ack delay at the first unacknowledged item.
@@ -598,6 +617,7 @@ impl Core {
         st.failure = Some(reason);
         st.flush_requested = false;
         st.stats.link_losses += 1;
+        self.link_room(st);
         self.wake_bg();
         self.app_waker.wake();
         true
@@ -624,6 +644,7 @@ impl Core {
         st.clock = now();
         let clock = st.clock;
         self.write_ready(&mut st, clock);
+        self.link_room(&mut st);
         drop(st);
         self.app_waker.wake();
         Some(gen)
@@ -662,26 +683,13 @@ impl Core {
     /// One step of `send`: `Ok(None)` when the item was taken; `Ok(Some(item))` when it
     /// must wait for replay room.
     fn try_send(&self, item: Bytes) -> Result<Option<Bytes>, StableError> {
-        match self.try_send_or_yield(item, false)? {
-            Ok(()) => Ok(None),
-            Err(item) => Ok(Some(item)),
-        }
-    }
-
-    /// `Ok(Err(item))`: not queued (no replay room, or — with `yield_if_blocked` — the link
-    /// is blocked and the caller should let other tasks run first).
-    fn try_send_or_yield(
-        &self,
-        item: Bytes,
-        yield_if_blocked: bool,
-    ) -> Result<Result<(), Bytes>, StableError> {
         let mut st = self.st();
         if let Some(e) = &st.end {
             return Err(e.clone());
         }
         st.sess.check_item_len(item.len())?;
-        if !st.sess.can_accept(item.len()) || (yield_if_blocked && st.link_blocked()) {
-            return Ok(Err(item));
+        if !st.accepts(item.len()) {
+            return Ok(Some(item));
         }
         st.sess.push(item)?;
         if st.tx.is_some() {
@@ -695,24 +703,18 @@ impl Core {
                 self.wake_bg();
             }
         }
-        Ok(Ok(()))
+        Ok(None)
     }
 
-    /// `send` when the replay buffer is full (wait for room) or the link is blocked (let the
-    /// other tasks of this thread run once — the link's own writer, the background task
-    /// that connects, waits for link room and reads acks — then queue the item if there is
-    /// room).
+    /// `send` when the replay buffer is full: wait for room.
     async fn send_slow(&self, mut item: Bytes) -> Result<(), StableError> {
-        if self.st().link_blocked() {
-            tokio::task::yield_now().await;
-        }
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             {
                 let mut st = self.st();
-                if st.end.is_some() || st.sess.can_accept(item.len()) {
+                if st.end.is_some() || st.accepts(item.len()) {
                     drop(st);
                     item = match self.try_send(item)? {
                         None => return Ok(()),
@@ -720,7 +722,12 @@ impl Core {
                     };
                     continue;
                 }
-                st.senders_blocked = true;
+                if st.link_full() {
+                    st.senders_wait_link = true;
+                }
+                if !st.sess.can_accept(item.len()) {
+                    st.senders_blocked = true;
+                }
             }
             // Someone must read the peer's acks: the background task does when the
             // application is not inside `recv`.
@@ -943,7 +950,7 @@ async fn run_link<T>(
                         core.fail_link(&mut st, gen, e.into());
                         continue;
                     }
-                    Some(Ok(true)) | None => {}
+                    Some(Ok(true)) | None => core.link_room(&mut st),
                 }
             }
             if st.senders_gone && st.sess.unacked() == 0 && flushing.is_none() {
@@ -1012,19 +1019,18 @@ pub struct StableSender {
 impl StableSender {
     /// Sends one item: it enters the replay buffer and is written on the link from the
     /// caller's task when the link has room. Waits while the replay buffer is full
-    /// (backpressure: the peer has not acknowledged enough, or the link is down). While the
-    /// link is full (frames written earlier still wait for room) or down, it yields once to
-    /// the other tasks of its thread before queueing. Fails once
+    /// (backpressure: the peer has not acknowledged enough, or the link is down) and while
+    /// the link is full (frames written earlier still wait for room). Fails once
     /// the session ended ([`StableError::SessionLost`], ...) or for an item above the
     /// maximum size.
     ///
     /// Cancel-safe: if the future is dropped before it completes, the item was not queued.
     pub async fn send(&self, item: impl Into<Bytes>) -> Result<(), StableError> {
-        match self.core.try_send_or_yield(item.into(), true)? {
-            Ok(()) => Ok(()),
+        match self.core.try_send(item.into())? {
+            None => Ok(()),
             // Boxed: the waiting future is large, and a large `send` future is copied into
             // place on every call, even when the item is queued at once.
-            Err(item) => Box::pin(self.core.send_slow(item)).await,
+            Some(item) => Box::pin(self.core.send_slow(item)).await,
         }
     }
 
