@@ -18,8 +18,9 @@
 //! * [`session::StableSession`] — one side of a stable session, supervised: it reconnects,
 //!   resumes and replays by itself after its link fails.
 //! * [`registry::StableRegistry`] — the server side of stable sessions: takes incoming links
-//!   (from its own accept loop, or from an [`Acceptor`]'s [`Incoming::into_link`]) and
-//!   creates or resumes sessions.
+//!   (from its own accept loop, from any [`Link`] handed to it, or as
+//!   the `incoming` recipient of an [`Acceptor`] or a [`hub::ShmHub`], whose [`Incoming`]
+//!   it handles itself) and creates or resumes sessions.
 //!
 //! Backpressure is end to end and bounded: a slow peer makes the writer's `reserve` wait,
 //! which pauses the writer's (small) mailbox, which makes `send().await` wait and

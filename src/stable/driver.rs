@@ -1347,7 +1347,9 @@ pub struct ServerStats {
     /// Resumes rejected (unknown or expired key).
     pub rejected: u64,
     /// New sessions refused because [`StableConfig::max_sessions`] were registered (the
-    /// client was answered `rejected` and reports [`StableError::Refused`]).
+    /// client was answered `rejected` and reports [`StableError::Refused`]). The actor
+    /// registry (`actors::registry::StableRegistry`) also counts here the sessions it
+    /// refused because the application's `on_session` callback panicked.
     pub refused: u64,
     /// Links whose handshake failed (garbage, wrong version, timeout, ...).
     pub handshake_failures: u64,
