@@ -323,6 +323,295 @@ async fn hub_guest() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+// ---- 5. the same with supervised actors: the link heals itself ----
+
+/// Section 5: the stable session of section 4, this time as actors. The client side is a
+/// `StableSession` actor, the server side a `StableRegistry` actor behind an ordinary
+/// `Acceptor`; both run under actix `Supervisor`s. When a link dies the session actor
+/// stops, its supervisor restarts it, and the restart reconnects, runs the resume handshake
+/// and replays what the peer had not acknowledged. The application actors below contain no
+/// reconnect code at all: they only send, receive and count.
+mod supervised {
+    use std::cmp::Ordering;
+    use std::error::Error;
+    use std::time::{Duration, Instant};
+
+    use actix::prelude::*;
+    use actix_tether::actors::registry::{RegistryStats, SessionWiring, StableRegistry};
+    use actix_tether::actors::session::{
+        Incoming, Outgoing, SessionOptions, StableEvent, StableSession,
+    };
+    use actix_tether::actors::{Acceptor, ActorConfig, Shutdown};
+    use actix_tether::endpoint::Endpoint;
+    use actix_tether::links::fault::{FaultPlan, FaultySource};
+    use actix_tether::stable::driver::SessionEvent;
+    use actix_tether::stable::{ReconnectPolicy, StableConfig};
+    use serde::{Deserialize, Serialize};
+    use tokio::sync::{mpsc, watch};
+
+    /// Notes each side sends.
+    const N: u32 = 5_000;
+    /// How long the exchange may take before the tour gives up (it takes well under a
+    /// second, even in a debug build).
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// The typed message both sides exchange.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Note {
+        n: u32,
+        text: String,
+    }
+
+    fn note(from: &str, n: u32) -> Note {
+        Note {
+            n,
+            text: format!("{from} note #{n}"),
+        }
+    }
+
+    /// What one side's application actor has seen so far.
+    #[derive(Debug, Default, Clone)]
+    struct Tally {
+        /// Notes delivered to the application.
+        received: u32,
+        /// The note expected next (notes must arrive as 0, 1, 2, ...).
+        next: u32,
+        /// Notes skipped over (never delivered before a later one).
+        lost: u32,
+        /// Notes delivered again, or after a later one.
+        duplicated: u32,
+        /// Notes whose content was not what the sender sent.
+        garbled: u32,
+        /// `LinkLost` events: a link died and the session actor stopped.
+        links_lost: u32,
+        /// `Reconnecting` events: each comes from a client actor the supervisor just
+        /// restarted, about to reconnect.
+        reconnecting: u32,
+        /// `Resumed` events: the session goes on over a new link.
+        resumed: u32,
+        /// `SessionLost` or `Refused`: the session is gone for good.
+        session_lost: bool,
+    }
+
+    /// The application actor of one side: receives the peer's notes, checks that each one
+    /// arrives exactly once and in order, and counts the session's events. It publishes its
+    /// tally through a watch channel so the tour can wait for it.
+    struct Peer {
+        /// Who sends the notes this actor receives.
+        peer: &'static str,
+        tally: watch::Sender<Tally>,
+    }
+
+    impl Actor for Peer {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Incoming<Note>> for Peer {
+        type Result = ();
+
+        fn handle(&mut self, Incoming(got): Incoming<Note>, _: &mut Context<Self>) {
+            let expected = note(self.peer, got.n);
+            self.tally.send_modify(|t| {
+                t.received += 1;
+                if got != expected {
+                    t.garbled += 1;
+                }
+                match got.n.cmp(&t.next) {
+                    Ordering::Equal => t.next += 1,
+                    Ordering::Less => t.duplicated += 1,
+                    Ordering::Greater => {
+                        t.lost += got.n - t.next;
+                        t.next = got.n + 1;
+                    }
+                }
+            });
+        }
+    }
+
+    impl Handler<StableEvent> for Peer {
+        type Result = ();
+
+        fn handle(&mut self, StableEvent(event): StableEvent, _: &mut Context<Self>) {
+            self.tally.send_modify(|t| match event {
+                SessionEvent::LinkLost { .. } => t.links_lost += 1,
+                SessionEvent::Reconnecting { .. } => t.reconnecting += 1,
+                SessionEvent::Resumed { .. } => t.resumed += 1,
+                SessionEvent::SessionLost { .. } | SessionEvent::Refused { .. } => {
+                    t.session_lost = true
+                }
+                _ => {}
+            });
+        }
+    }
+
+    /// Sends notes `0..N` through a session actor. Each `send` resolves once the note is in
+    /// the session's replay buffer (from there it is delivered exactly once); while the
+    /// buffer is full it waits: backpressure, never a silent drop. `do_send` would bypass
+    /// the mailbox bound, so it is not used.
+    async fn send_notes(
+        session: Addr<StableSession<Note>>,
+        from: &'static str,
+    ) -> Result<(), Box<dyn Error>> {
+        for n in 0..N {
+            session.send(Outgoing(note(from, n))).await??;
+        }
+        Ok(())
+    }
+
+    /// Waits until a side has received every note (or its session was lost) and returns
+    /// its tally.
+    async fn all_received(seen: &mut watch::Receiver<Tally>) -> Result<Tally, Box<dyn Error>> {
+        Ok(seen
+            .wait_for(|t| t.next >= N || t.session_lost)
+            .await?
+            .clone())
+    }
+
+    pub async fn exchange() -> Result<(), Box<dyn Error>> {
+        let started = Instant::now();
+        let config = StableConfig {
+            reconnect: ReconnectPolicy {
+                initial_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(20),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+
+        // Server: a registry of stable sessions. For each new session it asks where the
+        // session's notes and events go: to a `Peer` actor of its own. The session's `Addr`
+        // stays the same whatever number of links the session goes through.
+        let (sessions_tx, mut sessions) = mpsc::unbounded_channel();
+        let registry = StableRegistry::new(
+            config.clone(),
+            SessionOptions::default(),
+            move |session: Addr<StableSession<Note>>| {
+                let (tally, seen) = watch::channel(Tally::default());
+                let peer = Peer {
+                    peer: "client",
+                    tally,
+                }
+                .start();
+                let _ = sessions_tx.send((session, seen));
+                SessionWiring {
+                    recipient: peer.clone().recipient(),
+                    events: Some(peer.recipient()),
+                }
+            },
+        )?
+        .start();
+        // The registry takes the connections of an ordinary `Acceptor` (and its errors).
+        let (acceptor, bound) = Acceptor::listen(
+            &Endpoint::parse("tcp://127.0.0.1:0")?,
+            registry.clone().recipient(),
+            registry.clone().recipient(),
+            &ActorConfig::default(),
+        )
+        .await?;
+        let tag = format!("[stable actors {bound}]");
+
+        // Client: its links come from the fault injector, which kills each one once the
+        // client has sent 2-6 KB on it (the server's notes die with it).
+        let source = FaultySource::new(
+            bound.clone(),
+            FaultPlan::new(5).kill_after_bytes_between(2_000, 6_000),
+        );
+        let faults = source.stats();
+        let (tally, mut client_seen) = watch::channel(Tally::default());
+        let client_peer = Peer {
+            peer: "server",
+            tally,
+        }
+        .start();
+        // Started under a `Supervisor`: this is all the "reconnect code" there is.
+        let client = StableSession::start_client(
+            source,
+            config,
+            SessionOptions::default(),
+            client_peer.clone().recipient(),
+            Some(client_peer.recipient()),
+        )?;
+
+        // Both sides send at once: the client from one task, the server's session from
+        // another, as soon as the registry has created it.
+        let upstream = actix::spawn(send_notes(client.clone(), "client"));
+        let (server, mut server_seen) = sessions.recv().await.ok_or("the registry stopped")?;
+        let downstream = actix::spawn(send_notes(server.clone(), "server"));
+
+        let (at_server, at_client) = tokio::time::timeout(DEADLINE, async {
+            let at_server = all_received(&mut server_seen).await?;
+            all_received(&mut client_seen).await?;
+            upstream.await??;
+            downstream.await??;
+            // A kill can also hit a link that only carries acks, after the last note:
+            // wait until the client has resumed after every kill. (Events reach `Peer`
+            // through its mailbox, so they may trail the notes.)
+            let at_client = client_seen
+                .wait_for(|t| u64::from(t.resumed) >= faults.kills() || t.session_lost)
+                .await?
+                .clone();
+            Ok::<_, Box<dyn Error>>((at_server, at_client))
+        })
+        .await
+        .map_err(|_| {
+            format!(
+                "{tag} not done after {DEADLINE:?}: {at:?}",
+                at = client_seen.borrow().clone()
+            )
+        })??;
+        let server_stats = registry.send(RegistryStats).await?;
+        acceptor.send(Shutdown).await?;
+
+        for (direction, t) in [
+            ("client -> server", &at_server),
+            ("server -> client", &at_client),
+        ] {
+            println!(
+                "{tag} {direction}: {N} sent, {} received, {} lost, {} duplicated",
+                t.received, t.lost, t.duplicated
+            );
+        }
+        let kills = faults.kills();
+        println!(
+            "{tag} {kills} links killed, {} reported lost, {} resumes; the supervisor restarted \
+             the client actor {} times",
+            at_client.links_lost, at_client.resumed, at_client.reconnecting,
+        );
+        println!(
+            "{tag} the server's registry created {} session and resumed it {} times; {:.0?} in all",
+            server_stats.sessions,
+            server_stats.resumes,
+            started.elapsed()
+        );
+
+        // Fail loudly unless both sides got every note exactly once, in order, intact.
+        for (side, t) in [("server", &at_server), ("client", &at_client)] {
+            if t.session_lost {
+                return Err(format!("{tag} the {side}'s session was lost").into());
+            }
+            if t.received != N || t.lost != 0 || t.duplicated != 0 || t.garbled != 0 {
+                return Err(format!(
+                    "{tag} the {side} did not get every note exactly once, in order: {t:?}"
+                )
+                .into());
+            }
+        }
+        if kills == 0 || u64::from(at_client.resumed) < kills {
+            return Err(
+                format!("{tag} {kills} links killed, {} resumes", at_client.resumed).into(),
+            );
+        }
+        if server_stats.sessions != 1 {
+            return Err(format!(
+                "{tag} the registry created {} sessions, not 1",
+                server_stats.sessions
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
 #[actix::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os(CHILD_ENV).is_some() {
@@ -355,6 +644,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("-- 4. a stable session: exactly once, in order, while its link keeps dying --");
     stable_exchange().await?;
     println!("   (cargo run --example reconnect runs the same under a chaos loop, both ways)");
+
+    println!(
+        "-- 5. the same with supervised actors: the link heals with no code in the application --"
+    );
+    supervised::exchange().await?;
     println!("== tour finished ==");
     Ok(())
 }
