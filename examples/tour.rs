@@ -280,6 +280,12 @@ async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let ctx = sender.await?.map_err(|e| e.to_string())?;
+    // A link killed after the last item may still be resuming: the counters are read once
+    // the session is back on a link (or after a deadline, which then reports the gap).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ctx.stats().session.resumes < faults.kills() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let stats = ctx.stats();
     println!(
         "[stable {bound}] {} links killed, {} resumes, {} items replayed",
@@ -288,6 +294,9 @@ async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
         stats.session.items_replayed
     );
     println!("[stable {bound}] {N} sent, {next} received, {lost} lost, {duplicated} duplicated");
+    if lost != 0 || duplicated != 0 {
+        return Err(format!("stable session: {lost} lost, {duplicated} duplicated").into());
+    }
     Ok(())
 }
 
