@@ -231,20 +231,26 @@ async fn shm_exchange() -> Result<(), Box<dyn std::error::Error>> {
 
 // ---- 4. a stable session that survives its link being killed ----
 
-async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
-    use actix_tether::links::fault::{FaultPlan, FaultySource};
-    use actix_tether::stable::driver::{DriverConfig, StableClient, StableServer};
+/// The stable sessions of sections 4 and 5: defaults, but quick reconnects (1–20 ms backoff),
+/// since the tour kills links every few KB.
+fn stable_config() -> actix_tether::stable::StableConfig {
     use actix_tether::stable::{ReconnectPolicy, StableConfig};
-
-    const N: u64 = 5_000;
-    let config = StableConfig {
+    StableConfig {
         reconnect: ReconnectPolicy {
             initial_delay: std::time::Duration::from_millis(1),
             max_delay: std::time::Duration::from_millis(20),
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+async fn stable_exchange() -> Result<(), Box<dyn std::error::Error>> {
+    use actix_tether::links::fault::{FaultPlan, FaultySource};
+    use actix_tether::stable::driver::{DriverConfig, StableClient, StableServer};
+
+    const N: u64 = 5_000;
+    let config = stable_config();
     let listener = endpoint::listen(&Endpoint::parse("tcp://127.0.0.1:0")?).await?;
     let bound = listener.local_endpoint();
     let (server, mut sessions) = StableServer::new(config.clone(), DriverConfig::default())?;
@@ -354,7 +360,6 @@ mod supervised {
     use actix_tether::endpoint::Endpoint;
     use actix_tether::links::fault::{FaultPlan, FaultySource};
     use actix_tether::stable::driver::SessionEvent;
-    use actix_tether::stable::{ReconnectPolicy, StableConfig};
     use serde::{Deserialize, Serialize};
     use tokio::sync::{mpsc, watch};
 
@@ -478,14 +483,7 @@ mod supervised {
 
     pub async fn exchange() -> Result<(), Box<dyn Error>> {
         let started = Instant::now();
-        let config = StableConfig {
-            reconnect: ReconnectPolicy {
-                initial_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(20),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let config = super::stable_config();
 
         // Server: a registry of stable sessions. For each new session it asks where the
         // session's notes and events go: to a `Peer` actor of its own. The session's `Addr`

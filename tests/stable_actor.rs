@@ -364,6 +364,13 @@ fn assert_killed_often(x: &Exchanged, n: u32, max_per_link: u64) -> u64 {
     x.kills
 }
 
+/// [`exchange`] of `n` items each way with the fault injector (`plan`) killing the client's
+/// links to `ep`, then [`assert_killed_often`]; returns the kill count.
+async fn exchange_with_injector(ep: Endpoint, plan: FaultPlan, server: Server, n: u32) -> u64 {
+    let x = exchange(FaultySource::new(ep, plan), kill_config(), server, n, || 0).await;
+    assert_killed_often(&x, n, KILL_MAX_PER_LINK)
+}
+
 /// 100,000 items each way over TCP, the fault injector killing the link every ~430-800
 /// client items (and as many server items): at least 100 kills, each followed by a
 /// reconnect and a resume.
@@ -376,15 +383,7 @@ async fn actors_exchange_exactly_once_while_links_are_killed() {
         floor >= 100,
         "the plan must kill ~every 1,000 items: {floor}"
     );
-    let x = exchange(
-        FaultySource::new(ep, kill_plan(21)),
-        kill_config(),
-        server,
-        N,
-        || 0,
-    )
-    .await;
-    assert_killed_often(&x, N, KILL_MAX_PER_LINK);
+    exchange_with_injector(ep, kill_plan(21), server, N).await;
 }
 
 /// 100,000 items each way through a TCP proxy that resets every connection after 20-60 KB
@@ -427,15 +426,7 @@ async fn actors_over_unix_sockets_with_mid_frame_cuts() {
     let dir = std::env::temp_dir().join(format!("tether-actor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ep, server) = start_server_on(Endpoint::Unix(dir.join("s.sock")), kill_config()).await;
-    let x = exchange(
-        FaultySource::new(ep, kill_plan(8).cut_mid_frame()),
-        kill_config(),
-        server,
-        N,
-        || 0,
-    )
-    .await;
-    assert_killed_often(&x, N, KILL_MAX_PER_LINK);
+    exchange_with_injector(ep, kill_plan(8).cut_mid_frame(), server, N).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -454,15 +445,7 @@ async fn actors_over_inproc_through_an_acceptor_with_kills() {
     )
     .await
     .unwrap();
-    let x = exchange(
-        FaultySource::new(ep, kill_plan(44)),
-        kill_config(),
-        server,
-        N,
-        || 0,
-    )
-    .await;
-    assert_killed_often(&x, N, KILL_MAX_PER_LINK);
+    exchange_with_injector(ep, kill_plan(44), server, N).await;
 }
 
 /// The same over TCP (a shorter exchange).
@@ -477,15 +460,7 @@ async fn acceptor_hands_incoming_links_to_the_registry() {
     )
     .await
     .unwrap();
-    let x = exchange(
-        FaultySource::new(ep, kill_plan(45)),
-        kill_config(),
-        server,
-        5_000,
-        || 0,
-    )
-    .await;
-    assert_killed_often(&x, 5_000, KILL_MAX_PER_LINK);
+    exchange_with_injector(ep, kill_plan(45), server, 5_000).await;
 }
 
 /// Forwards the hub's peer events into a channel.
@@ -524,15 +499,7 @@ async fn shm_hub_hands_incoming_stable_links_to_the_registry() {
     )
     .unwrap();
     let ep = Endpoint::Shm(path.clone());
-    let x = exchange(
-        FaultySource::new(ep, kill_plan(46)),
-        kill_config(),
-        server,
-        N,
-        || 0,
-    )
-    .await;
-    let kills = assert_killed_often(&x, N, KILL_MAX_PER_LINK);
+    let kills = exchange_with_injector(ep, kill_plan(46), server, N).await;
     // Every link was a guest that joined the hub: the first one and one per resume.
     let mut joined = 0;
     while joined < kills + 1 {
