@@ -181,7 +181,9 @@ async fn mpsc_round_trips(size: usize, n: usize, remote: bool) -> Vec<Duration> 
 async fn mpsc_one_way(size: usize, n: usize, remote: bool) -> Duration {
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let reader = async move {
+        let _ = ready_tx.send(());
         for _ in 0..n {
             let m = rx.recv().await.expect("sender ended");
             assert_eq!(m.len(), size);
@@ -189,8 +191,12 @@ async fn mpsc_one_way(size: usize, n: usize, remote: bool) -> Duration {
         let _ = done_tx.send(());
     };
     let payload = vec![0xA5u8; size];
-    let start = Instant::now();
     let handle = spawn_echo(reader, remote);
+    // The clock starts once the reader runs (on another thread: once that thread started).
+    if remote {
+        ready_rx.await.expect("reader started");
+    }
+    let start = Instant::now();
     for _ in 0..n {
         tx.send(Bytes::copy_from_slice(&payload))
             .await

@@ -66,7 +66,9 @@ where
                 let (a, b) = p2().await;
                 let (_btx, mut brx) = b.split();
                 let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
+                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
                 let reader = on_own_thread(async move {
+                    let _ = ready_tx.send(());
                     for _ in 0..n {
                         let m = brx.recv().await.expect("recv").expect("early EOF");
                         assert_eq!(m.len(), size);
@@ -75,6 +77,9 @@ where
                 });
                 let (mut atx, _arx) = a.split();
                 let payload = vec![0xA5u8; size];
+                // The clock starts once the reader's thread runs, as for every contender
+                // with a reader thread: its start-up is not streaming.
+                ready_rx.await.expect("reader started");
                 let start = Instant::now();
                 for _ in 0..n {
                     send_bytes(&mut atx, &payload).await.expect("send");

@@ -343,13 +343,17 @@ fn ipc_round_trips(size: usize, n: usize) -> Vec<Duration> {
 fn ipc_one_way(size: usize, n: usize) -> Duration {
     let (tx, rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
     let payload = vec![0xA5u8; size];
-    let start = Instant::now();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
+        let _ = ready_tx.send(());
         for _ in 0..n {
             let m = rx.recv().expect("ipc recv");
             assert_eq!(m.len(), size);
         }
     });
+    // The clock starts once the reader's thread runs.
+    ready_rx.recv().expect("reader started");
+    let start = Instant::now();
     for _ in 0..n {
         tx.send(&payload).expect("ipc send");
     }

@@ -115,8 +115,8 @@ pub enum IdleStrategy {
     /// tasks on that thread wait up to `spin`.
     ///
     /// The spin adapts between `spin / 64` and `spin` (capped at [`MAX_SPIN`]): it halves
-    /// after each spin that ended in a park, from the second such in a row on (one late
-    /// message does not shrink it), and doubles after one that found work; after 64
+    /// after each spin that ended in a park, from the fourth such in a row on (a few late
+    /// messages do not shrink it), and doubles after one that found work; after 16
     /// parks in a row one wait probes with the full spin. On an oversubscribed machine (the
     /// peer cannot run while we spin, e.g. both share a core) a fixed spin would add the
     /// whole spin time to every wait; the adaptive one falls back to almost parking at
@@ -657,6 +657,7 @@ impl ShmLink {
             peer_gone: peer_gone.clone(),
             inline_max: config.inline_max,
             spinner: Spinner::new(config.idle),
+            hot_slot: HotSlot::new(config.idle),
             error: None,
             fault: fault.clone(),
         };
@@ -706,14 +707,19 @@ struct Spinner {
 }
 
 /// After this many parks in a row, one wait spins for the full time again (a probe), so
-/// that the budget recovers when spinning starts to pay off again.
-const SPIN_PROBE_EVERY: u32 = 64;
+/// that the budget recovers when spinning starts to pay off again. Was 64: a 1 MiB stream
+/// that had collapsed to parking then spent 64 messages parked before it recovered (each
+/// park of the receiver also makes the sender's wait for its last slab slot time out, see
+/// `HotSlot`); at 16 a fully oversubscribed link wastes one full spin per 16 waits.
+const SPIN_PROBE_EVERY: u32 = 16;
 
-/// The adaptive spin shrinks from the second park in a row on: one wait that outlasted the
-/// spin (a hiccup of the peer) must not halve it, or a stream whose messages arrive at a
-/// good fraction of the spin time (1 MiB payloads: about 23 µs each here, against the 50 µs
-/// default) collapses to parking on every message after one late message.
-const SPIN_SHRINK_AFTER: u32 = 2;
+/// The adaptive spin shrinks from the fourth park in a row on: a few waits that outlasted
+/// the spin (hiccups of the peer) must not halve it, or a stream whose messages arrive at a
+/// good fraction of the spin time (1 MiB payloads: 35 µs each on the Intel host, against the
+/// 50 µs default) collapses to parking on every message. With 2 (the earlier value) the
+/// receiver of such a stream parked for 8–12 % of its messages (`ring_probe` SLAB=16 IDLE=50,
+/// 2026-12-05), with 4 (and a probe every 16 parks) for 2–4 %.
+const SPIN_SHRINK_AFTER: u32 = 4;
 
 /// The adaptive spin never drops below `spin / SPIN_FLOOR_DIVISOR`.
 const SPIN_FLOOR_DIVISOR: u32 = 64;
@@ -775,6 +781,73 @@ fn spin_until(
     }
 }
 
+/// Payloads from this size on wait briefly for the slab slot the sender wrote last (see
+/// [`HotSlot`]): 256 KiB, where three buffers of the payload's size (source, two slots) no
+/// longer fit a core's L2 cache on the machines measured (2 MiB).
+const HOT_SLOT_MIN: usize = 256 * 1024;
+
+/// How long a large payload may wait for the sender's last slot: one nanosecond per 256
+/// bytes of payload (4 µs at 1 MiB, about a tenth of the copy itself).
+const HOT_SLOT_WAIT_BYTES_PER_NS: u64 = 256;
+
+/// After a wait for the last slot timed out (the receiver holds its messages), this many
+/// large payloads take whatever slot is free without waiting.
+const HOT_SLOT_BACKOFF: u32 = 4;
+
+/// The sender's policy for large payloads: prefer the slab slot it wrote last.
+///
+/// A receiver that drops each message soon frees the slot the sender just filled while the
+/// sender starts the next message; taking another free slot then makes the sender alternate
+/// between two slots, and at 1 MiB the source plus two slots no longer fit in a 2 MiB L2
+/// cache: a copy into alternating buffers ran at 71 % of a copy into one (`bench/`, 2026-12-05).
+/// So a payload of at least [`HOT_SLOT_MIN`] first spins, for at most one nanosecond per 256
+/// bytes, until that slot is free again. A receiver that keeps messages makes the wait time
+/// out; the next [`HOT_SLOT_BACKOFF`] large payloads then do not wait. Never under
+/// [`IdleStrategy::Park`] (no spinning at all).
+#[derive(Debug, Clone, Copy)]
+struct HotSlot {
+    /// The idle strategy's spin time (zero for [`IdleStrategy::Park`]): a cap on the wait.
+    max: Duration,
+    /// Large payloads left to send without waiting.
+    skip: u32,
+}
+
+impl HotSlot {
+    fn new(idle: IdleStrategy) -> HotSlot {
+        HotSlot {
+            max: idle.spin_time(),
+            skip: 0,
+        }
+    }
+
+    /// Before acquiring a slot for `len` bytes: waits (bounded) for the last slot.
+    fn wait(&mut self, slab: &mut SlabSender, len: usize) -> Result<(), ShmError> {
+        if len < HOT_SLOT_MIN || self.max.is_zero() {
+            return Ok(());
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(());
+        }
+        let budget = Duration::from_nanos(len as u64 / HOT_SLOT_WAIT_BYTES_PER_NS).min(self.max);
+        let mut failed = None;
+        let freed = spin_until(budget, || match slab.newest_in_flight() {
+            Ok(busy) => Ok(!busy),
+            Err(e) => {
+                failed = Some(e);
+                Ok(true)
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !matches!(freed, Ok(true)) {
+            self.skip = HOT_SLOT_BACKOFF;
+        }
+        Ok(())
+    }
+}
+
 /// Sending half of a [`ShmLink`].
 pub struct ShmTx {
     ring: RingProducer,
@@ -789,6 +862,7 @@ pub struct ShmTx {
     peer_gone: Arc<AtomicBool>,
     inline_max: usize,
     spinner: Spinner,
+    hot_slot: HotSlot,
     /// Sticky error.
     error: Option<LinkError>,
     /// Hub side only: told about corruption.
@@ -914,6 +988,7 @@ impl LinkTx for ShmTx {
             slab,
             data_ready,
             inline_max,
+            hot_slot,
             error,
             ..
         } = self;
@@ -928,6 +1003,7 @@ impl LinkTx for ShmTx {
             slab,
             inline_max: *inline_max,
             data_ready,
+            hot_slot,
             error,
         })
     }
@@ -954,6 +1030,7 @@ pub struct ShmPermit<'a> {
     slab: &'a mut SlabSender,
     inline_max: usize,
     data_ready: &'a Doorbell,
+    hot_slot: &'a mut HotSlot,
     error: &'a mut Option<LinkError>,
 }
 
@@ -967,6 +1044,7 @@ impl<'a> Permit for ShmPermit<'a> {
             slab,
             inline_max,
             data_ready,
+            hot_slot,
             error,
         } = self;
         let body = if len <= inline_max {
@@ -980,8 +1058,12 @@ impl<'a> Permit for ShmPermit<'a> {
                 });
             }
             // `reserve` saw a free slot and only this permit takes slots; the slot handed out
-            // is the most recently released one, still hot in cache. A failure here means
+            // is the most recently released one, still hot in cache (a large payload first
+            // waits briefly for the slot written last, see `HotSlot`). A failure here means
             // shared memory was tampered with: sticky, like every other link error.
+            if let Err(e) = hot_slot.wait(slab, len) {
+                return Err(error.get_or_insert(link_err(e)).clone());
+            }
             let slot = match slab.try_acquire() {
                 Ok(Some(slot)) => slot,
                 Ok(None) => return Err(error.get_or_insert(vanished()).clone()),
@@ -1229,6 +1311,16 @@ impl Drop for ShmRx {
     }
 }
 
+impl ShmRx {
+    /// Records the link's sticky failure (and tells the hub, on its side).
+    fn fail(&mut self, e: &LinkError) {
+        if let Some(f) = &self.fault {
+            f.raise(e);
+        }
+        self.done = Some(Err(e.clone()));
+    }
+}
+
 impl LinkRx for ShmRx {
     #[inline]
     async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
@@ -1243,10 +1335,7 @@ impl LinkRx for ShmRx {
                 Ok(None)
             }
             Err(e) => {
-                if let Some(f) = &self.fault {
-                    f.raise(&e);
-                }
-                self.done = Some(Err(e.clone()));
+                self.fail(&e);
                 Err(e)
             }
         }
@@ -1400,6 +1489,81 @@ mod tests {
 
     async fn send(tx: &mut ShmTx, payload: &[u8]) -> Result<(), LinkError> {
         crate::links::send_bytes(tx, payload).await
+    }
+
+    #[test]
+    fn a_large_payload_waits_briefly_for_the_slot_written_last_then_backs_off() {
+        use crate::shm::slab::{SlabConfig, SlabReceiver};
+        use crate::shm::Region;
+        let cfg = SlabConfig {
+            slot_count: 3,
+            slot_size: HOT_SLOT_MIN,
+        };
+        let region = Region::heap(cfg.region_size());
+        let mut tx = SlabSender::init(region.clone(), cfg).unwrap();
+        let rx = SlabReceiver::attach(region, cfg).unwrap();
+        let mut hot = HotSlot::new(IdleStrategy::default());
+        let (slot, len) = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
+        let held = rx.take(slot, len).unwrap();
+
+        // Small payloads never wait.
+        hot.wait(&mut tx, HOT_SLOT_MIN - 1).unwrap();
+        assert_eq!(hot.skip, 0);
+        // The slot written last is held: the wait times out (1 µs at 256 KiB) and backs off.
+        hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+        assert_eq!(hot.skip, HOT_SLOT_BACKOFF);
+        for left in (0..HOT_SLOT_BACKOFF).rev() {
+            hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+            assert_eq!(hot.skip, left);
+        }
+        let other = tx.try_acquire().unwrap().unwrap();
+        assert_ne!(other.index(), slot, "another free slot is used meanwhile");
+        drop(other);
+
+        // Released: no back-off, and the freed slot is the one handed out.
+        drop(held);
+        hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+        assert_eq!(hot.skip, 0);
+        assert_eq!(tx.try_acquire().unwrap().unwrap().index(), slot);
+
+        // Parking links never spin.
+        let mut park = HotSlot::new(IdleStrategy::Park);
+        let (slot, len) = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
+        let _held = rx.take(slot, len).unwrap();
+        park.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+        assert_eq!(park.skip, 0);
+    }
+
+    #[test]
+    fn large_payloads_flow_while_the_receiver_holds_some() {
+        rt().block_on(async {
+            let config = ShmConfig {
+                slot_size: 1 << 20,
+                slot_count: 4,
+                max_held_slots: 2,
+                ..ShmConfig::default()
+            };
+            let (a, b) = ShmLink::pair(config).unwrap();
+            let (mut atx, _arx) = a.split();
+            let (_btx, mut brx) = b.split();
+            let reader = tokio::spawn(async move {
+                let mut kept = std::collections::VecDeque::new();
+                for i in 0..64u32 {
+                    let m = brx.recv().await.unwrap().unwrap();
+                    assert_eq!(m.len(), 1 << 20);
+                    assert!(m.iter().step_by(4096).all(|&b| b == i as u8), "message {i}");
+                    // Keep the last two (zero-copy: their slots stay in flight).
+                    kept.push_back(m);
+                    if kept.len() > 2 {
+                        kept.pop_front();
+                    }
+                }
+            });
+            for i in 0..64u32 {
+                send(&mut atx, &vec![i as u8; 1 << 20]).await.unwrap();
+            }
+            reader.await.unwrap();
+        });
     }
 
     #[test]
@@ -1604,9 +1768,16 @@ mod tests {
         s.record(false);
         assert_eq!(s.budget(), max, "one late message does not shrink the spin");
         s.record(true);
+        for _ in 1..SPIN_SHRINK_AFTER {
+            s.record(false);
+        }
+        assert_eq!(s.budget(), max, "a few late messages do not shrink it");
         s.record(false);
-        s.record(false);
-        assert_eq!(s.budget(), max / 2, "the second park in a row does");
+        assert_eq!(
+            s.budget(),
+            max / 2,
+            "park number {SPIN_SHRINK_AFTER} in a row does"
+        );
 
         let mut busy = Spinner::new(IdleStrategy::BusySpin);
         busy.record(false);

@@ -15,13 +15,18 @@
 //! empty instead of once, so it reads in batches. `SAME=1`: both ends on one thread instead
 //! (256 messages written, then read; the ring and then ShmLink on a current-thread
 //! runtime): the software cost of a message with no cross-core traffic.
+//!
+//! `SLAB=k` (any size, e.g. `SLAB=16 ring_probe 2000 1048576 5`): ShmLink alone with a slab of
+//! `k` slots, against one memcpy of the payload into one buffer and into two alternating
+//! buffers (the cache cost of a sender that alternates between two slots). `IDLE=busy` or
+//! `IDLE=park` picks the idle strategy (default: spin-then-park).
 
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
 use actix_tether::links::{send_bytes, Link, LinkRx};
 use actix_tether::shm::ring::{self, RingConsumer, RingProducer};
-use actix_tether::shm::{Region, ShmConfig, ShmLink};
+use actix_tether::shm::{IdleStrategy, Region, ShmConfig, ShmLink};
 
 /// Ring capacity, as `ShmConfig`'s default.
 const CAPACITY: usize = 256 * 1024;
@@ -149,7 +154,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn link_one_way(size: usize, n: usize) -> f64 {
-    let (a, b) = ShmLink::pair(ShmConfig::default()).expect("pair");
+    link_one_way_with(ShmConfig::default(), size, n)
+}
+
+fn link_one_way_with(config: ShmConfig, size: usize, n: usize) -> f64 {
+    let (a, b) = ShmLink::pair(config).expect("pair");
     let (_btx, mut brx) = b.split();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -175,6 +184,19 @@ fn link_one_way(size: usize, n: usize) -> f64 {
     n as f64 / end.duration_since(start).as_secs_f64()
 }
 
+/// Copies of a `size`-byte source into `buffers` destination buffers in turn, per second.
+fn copies_per_second(size: usize, n: usize, buffers: usize) -> f64 {
+    let src = vec![0xA5u8; size];
+    let mut dst = vec![vec![0u8; size]; buffers];
+    let t = Instant::now();
+    for i in 0..n {
+        let d = &mut dst[i % buffers];
+        d.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(d);
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
     let mut args = std::env::args()
         .skip(1)
@@ -182,6 +204,36 @@ fn main() {
     let n = args.next().unwrap_or(2_000_000);
     let size = args.next().unwrap_or(64);
     let repeats = args.next().unwrap_or(5);
+    if let Ok(slots) = std::env::var("SLAB") {
+        let idle = match std::env::var("IDLE").as_deref() {
+            Ok("busy") => IdleStrategy::BusySpin,
+            Ok("park") => IdleStrategy::Park,
+            Ok(us) if us.parse::<u64>().is_ok() => IdleStrategy::SpinThenPark {
+                spin: std::time::Duration::from_micros(us.parse().expect("IDLE: µs")),
+            },
+            _ => IdleStrategy::default(),
+        };
+        let config = ShmConfig {
+            slot_count: slots.parse().expect("SLAB: a slot count"),
+            slot_size: size.next_multiple_of(64).max(64),
+            idle,
+            ..ShmConfig::default()
+        };
+        for r in 0..repeats {
+            let link = link_one_way_with(config.clone(), size, n);
+            let one = copies_per_second(size, n, 1);
+            let two = copies_per_second(size, n, 2);
+            println!(
+                "repeat {r}: ShmLink {:.1} k msg/s = {:.2}x memcpy ({:.1} k/s into one buffer); \
+                 memcpy into two alternating buffers {:.2}x",
+                link / 1e3,
+                link / one,
+                one / 1e3,
+                two / one
+            );
+        }
+        return;
+    }
     assert!(size <= GRANT, "size must be at most {GRANT}");
     let backoff = std::env::var("BACKOFF")
         .map(|v| v.parse::<u32>().expect("BACKOFF: a number"))
