@@ -338,8 +338,7 @@ impl SlabSender {
 
     /// Whether the slot published most recently is still in flight (not yet released by
     /// the receiver), after reclaiming released slots. `Ok(false)` also when nothing is in
-    /// flight. When it returns `Ok(false)` with a slot free, [`try_acquire`](Self::try_acquire)
-    /// hands out that most recently published slot if it was freed.
+    /// flight. Once it is free, [`try_acquire`](Self::try_acquire) hands it out first.
     ///
     /// A sender about to write a large payload can wait briefly for it: rewriting the slot
     /// it wrote last keeps its working set at one slot instead of two or more (at 1 MiB a
@@ -365,12 +364,24 @@ impl SlabSender {
     /// A free slot to write a payload into. `Ok(None)`: every slot is in flight; wait with
     /// [`prepare_park`](Self::prepare_park).
     ///
-    /// Reclaims released slots first and hands out the most recently reclaimed one (the free
-    /// list is a stack): a receiver that drops each message before the next arrives keeps
-    /// the sender on one or two slots whose pages are mapped and in cache, instead of cycling
-    /// through the whole slab. Costs one load per in-flight slot.
+    /// Reclaims released slots first and hands out the slot published last if it is free,
+    /// else the most recently reclaimed one (the free list is a stack): a receiver that
+    /// drops each message before the next arrives keeps the sender on one or two slots whose
+    /// pages are mapped and in cache, instead of cycling through the whole slab. Costs one
+    /// load per in-flight slot.
     pub fn try_acquire(&mut self) -> Result<Option<SlabSlot<'_>>, ShmError> {
         self.reclaim()?;
+        // The slot published last, if free, goes first even when it was reclaimed before
+        // others (it is the one this sender wrote last). It lies near the top: only slots
+        // reclaimed after it, before the next acquire, can be above it.
+        if let Some(newest) = self.newest_published {
+            if self.free.last() != Some(&newest) {
+                if let Some(at) = self.free.iter().rposition(|&s| s == newest) {
+                    let slot = self.free.remove(at);
+                    self.free.push(slot);
+                }
+            }
+        }
         Ok(self.free.pop().map(|index| SlabSlot {
             sender: self,
             index,
@@ -887,6 +898,75 @@ mod tests {
         assert!(matches!(tx.newest_in_flight(), Err(ShmError::Corrupt(_))));
         // The slots before the bad one were reclaimed; the bad one and those after stay out.
         assert_eq!((tx.free(), tx.in_flight()), (1, 2));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Acquire a slot (if one is free), write and publish it; the receiver takes it.
+        Send,
+        /// The application drops the `i % held`-th message it holds.
+        Drop(usize),
+        Reclaim,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Op::Send),
+            any::<usize>().prop_map(Op::Drop),
+            Just(Op::Reclaim)
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model of the slot states: every slot is free, in flight or held exactly
+        /// once; nothing is handed out twice; the newest published slot, once freed, is the
+        /// next one handed out; payloads arrive intact.
+        #[test]
+        fn slab_matches_model(slots in 1u32..6, ops in proptest::collection::vec(op(), 1..200)) {
+            let cfg = SlabConfig { slot_count: slots, slot_size: 64 };
+            let (mut tx, rx, _) = pair(cfg);
+            // Messages the application holds, oldest first: (slot, bytes, payload tag).
+            let mut held: Vec<(u32, Bytes, u8)> = Vec::new();
+            let mut newest: Option<u32> = None;
+            let mut tag = 0u8;
+            for op in ops {
+                match op {
+                    Op::Send => {
+                        let newest_free = newest.filter(|n| !held.iter().any(|h| h.0 == *n));
+                        match tx.try_acquire().unwrap() {
+                            None => proptest::prop_assert_eq!(held.len(), slots as usize),
+                            Some(mut slot) => {
+                                if let Some(n) = newest_free {
+                                    proptest::prop_assert_eq!(slot.index(), n, "newest first");
+                                }
+                                proptest::prop_assert!(held.iter().all(|h| h.0 != slot.index()));
+                                tag = tag.wrapping_add(1);
+                                slot.as_mut_slice()[..4].fill(tag);
+                                let (index, len) = slot.publish(4).unwrap();
+                                newest = Some(index);
+                                held.push((index, rx.take(index, len).unwrap(), tag));
+                            }
+                        }
+                    }
+                    Op::Drop(i) if !held.is_empty() => {
+                        let (_, bytes, tag) = held.remove(i % held.len());
+                        proptest::prop_assert_eq!(&bytes[..], &[tag; 4][..]);
+                    }
+                    Op::Drop(_) => {}
+                    Op::Reclaim => {
+                        tx.reclaim().unwrap();
+                        proptest::prop_assert_eq!(tx.in_flight(), held.len());
+                        proptest::prop_assert_eq!(
+                            tx.newest_in_flight().unwrap(),
+                            newest.is_some_and(|n| held.iter().any(|h| h.0 == n))
+                        );
+                    }
+                }
+                proptest::prop_assert!(tx.in_flight() >= held.len());
+                proptest::prop_assert_eq!(tx.free() + tx.in_flight(), slots as usize);
+            }
+        }
     }
 
     #[test]
