@@ -18,12 +18,19 @@
 //!
 //! `SLAB=k` (any size, e.g. `SLAB=16 ring_probe 2000 1048576 5`): ShmLink alone with a slab of
 //! `k` slots, against one memcpy of the payload into one buffer and into two alternating
-//! buffers (the cache cost of a sender that alternates between two slots). `IDLE=busy` or
-//! `IDLE=park` picks the idle strategy (default: spin-then-park).
+//! buffers (the cache cost of a sender that alternates between two slots).
+//!
+//! `IDLE=busy`, `IDLE=park` or `IDLE=<µs>` picks ShmLink's idle strategy (default:
+//! spin-then-park with the default spin). `WARM=k`: ShmLink streams `k` messages untimed
+//! first. `VS_STREAM=1`: ShmLink against StreamLink over a Unix socket pair, same placement
+//! (instead of the bare ring). `PIN=1`: the sender runs on CPU 0 and its receiver on CPU 1 (on this VM the
+//! scheduler kept a freshly spawned reader thread on its spawner's CPU for the first
+//! milliseconds, so a short stream measured two spinning threads sharing one core).
 
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
+use actix_tether::links::stream::StreamLink;
 use actix_tether::links::{send_bytes, Link, LinkRx};
 use actix_tether::shm::ring::{self, RingConsumer, RingProducer};
 use actix_tether::shm::{IdleStrategy, Region, ShmConfig, ShmLink};
@@ -154,34 +161,120 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn link_one_way(size: usize, n: usize) -> f64 {
-    link_one_way_with(ShmConfig::default(), size, n)
+    link_one_way_with(
+        ShmConfig {
+            idle: idle_from_env(),
+            ..ShmConfig::default()
+        },
+        size,
+        n,
+    )
+}
+
+/// `IDLE=busy|park|<µs>`: the idle strategy (default: spin-then-park for the default spin).
+fn idle_from_env() -> IdleStrategy {
+    match std::env::var("IDLE").as_deref() {
+        Ok("busy") => IdleStrategy::BusySpin,
+        Ok("park") => IdleStrategy::Park,
+        Ok(us) if us.parse::<u64>().is_ok() => IdleStrategy::SpinThenPark {
+            spin: std::time::Duration::from_micros(us.parse().expect("IDLE: µs")),
+        },
+        _ => IdleStrategy::default(),
+    }
 }
 
 fn link_one_way_with(config: ShmConfig, size: usize, n: usize) -> f64 {
-    let (a, b) = ShmLink::pair(config).expect("pair");
+    let rt = runtime();
+    let pair = ShmLink::pair(config).expect("pair");
+    one_way_on_two_threads(rt, pair, size, n)
+}
+
+/// Streams `n` messages from `a` (this thread, runtime `rt`) to `b` (a thread of its own),
+/// after `WARM` untimed ones; `PIN=1` pins the two threads to CPUs 0 and 1.
+fn one_way_on_two_threads<L: Link>(
+    rt: tokio::runtime::Runtime,
+    (a, b): (L, L),
+    size: usize,
+    n: usize,
+) -> f64 {
+    let warm: usize = std::env::var("WARM")
+        .map(|v| v.parse().expect("WARM"))
+        .unwrap_or(0);
     let (_btx, mut brx) = b.split();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let pinned = std::env::var_os("PIN").is_some();
     let reader = std::thread::spawn(move || {
+        if pinned {
+            pin(1);
+        }
         runtime().block_on(async move {
+            for _ in 0..warm {
+                brx.recv().await.expect("recv").expect("early end");
+            }
             ready_tx.send(()).expect("ready");
             for _ in 0..n {
                 let m = brx.recv().await.expect("recv").expect("early end");
                 assert_eq!(m.len(), size);
             }
-            Instant::now()
+            done_tx.send(Instant::now()).expect("done");
         })
     });
-    ready_rx.recv().expect("reader started");
+    if pinned {
+        pin(0);
+    }
     let (mut atx, _arx) = a.split();
     let payload = vec![0xA5u8; size];
-    let start = Instant::now();
-    runtime().block_on(async {
+    // One `block_on` throughout: a socket's readiness is driven by the runtime it was
+    // registered with (this one), also for the reader's half.
+    let elapsed = rt.block_on(async {
+        for _ in 0..warm {
+            send_bytes(&mut atx, &payload).await.expect("send");
+        }
+        ready_rx.await.expect("reader started");
+        let start = Instant::now();
         for _ in 0..n {
             send_bytes(&mut atx, &payload).await.expect("send");
         }
+        done_rx.await.expect("reader done").duration_since(start)
     });
-    let end = reader.join().expect("reader");
-    n as f64 / end.duration_since(start).as_secs_f64()
+    reader.join().expect("reader");
+    if pinned {
+        unpin();
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// StreamLink over a Unix socket pair, placed like [`link_one_way`].
+fn stream_one_way(size: usize, n: usize) -> f64 {
+    let rt = runtime();
+    let pair = rt
+        .block_on(async { StreamLink::unix_pair(Default::default()) })
+        .expect("unix pair");
+    one_way_on_two_threads(rt, pair, size, n)
+}
+
+/// Pins the calling thread to one CPU.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; `CPU_SET` and `sched_setaffinity`
+    // only read and write it. A failure (e.g. no such CPU) leaves the affinity unchanged.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Lets the calling thread run on every CPU again.
+fn unpin() {
+    // SAFETY: as in `pin`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Copies of a `size`-byte source into `buffers` destination buffers in turn, per second.
@@ -205,14 +298,7 @@ fn main() {
     let size = args.next().unwrap_or(64);
     let repeats = args.next().unwrap_or(5);
     if let Ok(slots) = std::env::var("SLAB") {
-        let idle = match std::env::var("IDLE").as_deref() {
-            Ok("busy") => IdleStrategy::BusySpin,
-            Ok("park") => IdleStrategy::Park,
-            Ok(us) if us.parse::<u64>().is_ok() => IdleStrategy::SpinThenPark {
-                spin: std::time::Duration::from_micros(us.parse().expect("IDLE: µs")),
-            },
-            _ => IdleStrategy::default(),
-        };
+        let idle = idle_from_env();
         let config = ShmConfig {
             slot_count: slots.parse().expect("SLAB: a slot count"),
             slot_size: size.next_multiple_of(64).max(64),
@@ -244,6 +330,20 @@ fn main() {
                 "same thread: ring {:.2} M msg/s, ShmLink {:.2} M msg/s",
                 ring_same_thread(size, n) / 1e6,
                 link_same_thread(size, n) / 1e6
+            );
+        }
+        return;
+    }
+    if std::env::var_os("VS_STREAM").is_some() {
+        for r in 0..repeats {
+            let shm = link_one_way(size, n);
+            let stream = stream_one_way(size, n);
+            println!(
+                "repeat {r}: ShmLink {:.2} M msg/s, StreamLink over a Unix socket pair {:.2} M \
+                 msg/s, ratio {:.2}",
+                shm / 1e6,
+                stream / 1e6,
+                shm / stream
             );
         }
         return;
