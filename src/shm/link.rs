@@ -820,9 +820,16 @@ impl HotSlot {
         }
     }
 
-    /// Before acquiring a slot for `len` bytes: waits (bounded) for the last slot.
-    fn wait(&mut self, slab: &mut SlabSender, len: usize) -> Result<(), ShmError> {
-        if len < HOT_SLOT_MIN || self.max.is_zero() {
+    /// Before acquiring a slot for `len` bytes: waits (bounded) for the last slot, unless
+    /// the receiver is parked (it frees nothing before it is woken, which costs far more
+    /// than the wait; that is no sign that it holds messages, so no back-off either).
+    fn wait(
+        &mut self,
+        slab: &mut SlabSender,
+        len: usize,
+        receiver_parked: bool,
+    ) -> Result<(), ShmError> {
+        if len < HOT_SLOT_MIN || self.max.is_zero() || receiver_parked {
             return Ok(());
         }
         if self.skip > 0 {
@@ -1061,7 +1068,7 @@ impl<'a> Permit for ShmPermit<'a> {
             // is the most recently released one, still hot in cache (a large payload first
             // waits briefly for the slot written last, see `HotSlot`). A failure here means
             // shared memory was tampered with: sticky, like every other link error.
-            if let Err(e) = hot_slot.wait(slab, len) {
+            if let Err(e) = hot_slot.wait(slab, len, grant.consumer_parked()) {
                 return Err(error.get_or_insert(link_err(e)).clone());
             }
             let slot = match slab.try_acquire() {
@@ -1507,13 +1514,16 @@ mod tests {
         let held = rx.take(slot, len).unwrap();
 
         // Small payloads never wait.
-        hot.wait(&mut tx, HOT_SLOT_MIN - 1).unwrap();
+        hot.wait(&mut tx, HOT_SLOT_MIN - 1, false).unwrap();
+        assert_eq!(hot.skip, 0);
+        // Nor does any payload while the receiver is parked, and that is no reason to back off.
+        hot.wait(&mut tx, HOT_SLOT_MIN, true).unwrap();
         assert_eq!(hot.skip, 0);
         // The slot written last is held: the wait times out (1 µs at 256 KiB) and backs off.
-        hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+        hot.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
         assert_eq!(hot.skip, HOT_SLOT_BACKOFF);
         for left in (0..HOT_SLOT_BACKOFF).rev() {
-            hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+            hot.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
             assert_eq!(hot.skip, left);
         }
         let other = tx.try_acquire().unwrap().unwrap();
@@ -1522,7 +1532,7 @@ mod tests {
 
         // Released: no back-off, and the freed slot is the one handed out.
         drop(held);
-        hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+        hot.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
         assert_eq!(hot.skip, 0);
         assert_eq!(tx.try_acquire().unwrap().unwrap().index(), slot);
 
@@ -1530,7 +1540,7 @@ mod tests {
         let mut park = HotSlot::new(IdleStrategy::Park);
         let (slot, len) = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
         let _held = rx.take(slot, len).unwrap();
-        park.wait(&mut tx, HOT_SLOT_MIN).unwrap();
+        park.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
         assert_eq!(park.skip, 0);
     }
 
