@@ -335,8 +335,10 @@ impl Ring {
     #[inline]
     fn prefetch(&self, offset: u64) {
         #[cfg(all(target_arch = "x86_64", not(loom)))]
-        // SAFETY: a prefetch is a hint, not a memory access: it cannot fault and reads
-        // nothing (the address is inside the data area anyway, `offset < capacity`).
+        // SAFETY: `_mm_prefetch` needs the `sse` target feature, part of the x86-64
+        // baseline. A prefetch is a hint, not a memory access of the language: it cannot
+        // fault and is no data race, whoever writes the line. The address is inside the data
+        // area anyway: every caller masks `offset` with `mask` (`< capacity`).
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
                 self.data(offset).cast_const().cast::<i8>(),
@@ -453,8 +455,9 @@ impl Notifier {
     }
 }
 
-/// Ring footprint (header and payload) up to which a frame counts as small for the
-/// consumer's prefetch (see [`RingConsumer::try_read`]): two cache lines.
+/// Ring footprint (header and payload) up to which an inline frame counts as small for the
+/// consumer's prefetch (see [`RingConsumer::try_read`]): two cache lines' worth (a frame
+/// that does not start on a line boundary spans three; the prefetch covers the first two).
 const SMALL_FRAME: u64 = 128;
 
 /// How far ahead of the frame it reads the consumer prefetches published frames, in bytes.
@@ -753,9 +756,9 @@ pub struct RingConsumer {
     owed_wake: bool,
     /// Last head read from shared memory.
     cached_head: u64,
-    /// Whether the last frame released was small (at most [`SMALL_FRAME`] bytes of ring):
-    /// then the next one probably is too, and a consumer that waits for it prefetches its
-    /// two lines while it re-reads `head`.
+    /// Whether the last frame released was a small inline one (at most [`SMALL_FRAME`]
+    /// bytes of ring): then the next one probably is too, and a consumer that has caught up
+    /// prefetches its first two lines before each re-read of `head`.
     small_frames: bool,
     /// Our side of `consumer_parked`.
     waiter: Waiter,
@@ -1080,7 +1083,7 @@ impl ReadFrame<'_> {
     pub fn release(self) -> Wake {
         let c = self.consumer;
         c.tail = c.tail.wrapping_add(self.foot);
-        c.small_frames = self.foot <= SMALL_FRAME;
+        c.small_frames = self.kind == FrameKind::Inline && self.foot <= SMALL_FRAME;
         // A wake-up owed by `prepare_park` goes out with the next release or flush.
         let owed = std::mem::take(&mut c.owed_wake);
         if c.tail.wrapping_sub(c.published_tail) >= c.release_batch {

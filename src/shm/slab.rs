@@ -302,7 +302,9 @@ impl SlabSender {
     }
 
     /// Moves every in-flight slot the receiver has freed back to the local free list.
-    /// Returns how many were reclaimed.
+    /// Returns how many were reclaimed. On a state word that is neither FREE nor IN_FLIGHT
+    /// (tampered shared memory) it fails with [`ShmError::Corrupt`]: the slots before it
+    /// are reclaimed, that one and those after it stay in flight (never handed out).
     ///
     /// Keeps publication order: `in_flight` stays oldest first, and slots freed together
     /// are pushed oldest first, so the most recently published of them ends on top of the
@@ -344,12 +346,26 @@ impl SlabSender {
     /// it wrote last keeps its working set at one slot instead of two or more (at 1 MiB a
     /// copy into a second buffer ran at 71 % of a copy into the same one, 2 MiB L2, see
     /// BENCHMARKS.md).
+    ///
+    /// Costs one load while that slot is in flight (a spinning caller reads one word), and
+    /// a [`reclaim`](Self::reclaim) once it is free.
     pub fn newest_in_flight(&mut self) -> Result<bool, ShmError> {
-        if self.in_flight.is_empty() {
+        // In publication order, the newest published slot can only be the last in flight.
+        let Some(&last) = self.in_flight.last() else {
+            return Ok(false);
+        };
+        if Some(last) != self.newest_published {
             return Ok(false);
         }
-        self.reclaim()?;
-        Ok(!self.in_flight.is_empty() && self.newest_published == self.in_flight.last().copied())
+        // Acquire: pairs with the receiver's Release store of FREE in `SlotOwner::drop`
+        // (the slot is then reclaimed, with the same pairing, before it is written).
+        match self.slab.state(last).state.load(Ordering::Acquire) {
+            IN_FLIGHT => Ok(true),
+            FREE => self.reclaim().map(|_| false),
+            other => Err(ShmError::Corrupt(format!(
+                "slab slot {last} has invalid state {other}"
+            ))),
+        }
     }
 
     /// Whether a slot is free now, reclaiming released slots only if the local free list is
@@ -877,6 +893,25 @@ mod tests {
     }
 
     #[test]
+    fn the_slot_published_last_goes_first_even_when_reclaimed_before_others() {
+        let cfg = SlabConfig {
+            slot_count: 3,
+            slot_size: 128,
+        };
+        let (mut tx, rx, _) = pair(cfg);
+        let refs: Vec<_> = (0..3)
+            .map(|_| tx.try_acquire().unwrap().unwrap().publish(1).unwrap())
+            .collect();
+        let mut held: Vec<_> = refs.iter().map(|r| rx.take(r.0, r.1).unwrap()).collect();
+        // The newest is freed and reclaimed first; older ones are reclaimed on top of it.
+        drop(held.pop());
+        assert_eq!(tx.reclaim().unwrap(), 1);
+        drop(held);
+        assert_eq!(tx.reclaim().unwrap(), 2);
+        assert_eq!(tx.try_acquire().unwrap().unwrap().index(), refs[2].0);
+    }
+
+    #[test]
     fn a_corrupt_state_fails_reclaim_and_keeps_the_slot_out_of_use() {
         let cfg = SlabConfig {
             slot_count: 3,
@@ -964,7 +999,10 @@ mod tests {
                     }
                 }
                 proptest::prop_assert!(tx.in_flight() >= held.len());
-                proptest::prop_assert_eq!(tx.free() + tx.in_flight(), slots as usize);
+                // Every slot is exactly once in the free list or in flight.
+                let mut all: Vec<u32> = tx.free.iter().chain(&tx.in_flight).copied().collect();
+                all.sort_unstable();
+                proptest::prop_assert_eq!(all, (0..slots).collect::<Vec<_>>());
             }
         }
     }
