@@ -851,18 +851,35 @@ mod tests {
         assert!(!tx.prepare_park().unwrap(), "slots are free now");
     }
 
-    #[test]
-    fn the_slot_published_last_is_handed_out_first_once_free() {
-        let cfg = SlabConfig {
-            slot_count: 4,
+    /// A slab of `slot_count` 128-byte slots, `n` of them published and held by the
+    /// receiver: (sender, receiver, region, references in publication order, held bytes).
+    #[allow(clippy::type_complexity)]
+    fn held_slots(
+        slot_count: u32,
+        n: usize,
+    ) -> (
+        SlabSender,
+        SlabReceiver,
+        Region,
+        Vec<(u32, u32)>,
+        Vec<Bytes>,
+    ) {
+        let (mut tx, rx, region) = pair(SlabConfig {
+            slot_count,
             slot_size: 128,
-        };
-        let (mut tx, rx, _) = pair(cfg);
-        assert!(!tx.newest_in_flight().unwrap(), "nothing in flight");
-        let refs: Vec<_> = (0..3)
+        });
+        let refs: Vec<_> = (0..n)
             .map(|_| tx.try_acquire().unwrap().unwrap().publish(1).unwrap())
             .collect();
-        let held: Vec<_> = refs.iter().map(|r| rx.take(r.0, r.1).unwrap()).collect();
+        let held = refs.iter().map(|r| rx.take(r.0, r.1).unwrap()).collect();
+        (tx, rx, region, refs, held)
+    }
+
+    #[test]
+    fn the_slot_published_last_is_handed_out_first_once_free() {
+        let (mut empty, ..) = held_slots(4, 0);
+        assert!(!empty.newest_in_flight().unwrap(), "nothing in flight");
+        let (mut tx, rx, _, refs, held) = held_slots(4, 3);
         assert!(tx.newest_in_flight().unwrap());
         let [b0, b1, b2] = <[Bytes; 3]>::try_from(held).unwrap();
         // Freed out of publication order, reclaimed together: the newest ends on top.
@@ -894,15 +911,7 @@ mod tests {
 
     #[test]
     fn the_slot_published_last_goes_first_even_when_reclaimed_before_others() {
-        let cfg = SlabConfig {
-            slot_count: 3,
-            slot_size: 128,
-        };
-        let (mut tx, rx, _) = pair(cfg);
-        let refs: Vec<_> = (0..3)
-            .map(|_| tx.try_acquire().unwrap().unwrap().publish(1).unwrap())
-            .collect();
-        let mut held: Vec<_> = refs.iter().map(|r| rx.take(r.0, r.1).unwrap()).collect();
+        let (mut tx, _rx, _, refs, mut held) = held_slots(3, 3);
         // The newest is freed and reclaimed first; older ones are reclaimed on top of it.
         drop(held.pop());
         assert_eq!(tx.reclaim().unwrap(), 1);
@@ -913,17 +922,13 @@ mod tests {
 
     #[test]
     fn a_corrupt_state_fails_reclaim_and_keeps_the_slot_out_of_use() {
+        let (mut tx, _rx, region, refs, held) = held_slots(3, 3);
+        drop(held);
+        // A hostile peer scribbles over the middle slot's state word.
         let cfg = SlabConfig {
             slot_count: 3,
             slot_size: 128,
         };
-        let (mut tx, rx, region) = pair(cfg);
-        let refs: Vec<_> = (0..3)
-            .map(|_| tx.try_acquire().unwrap().unwrap().publish(1).unwrap())
-            .collect();
-        let held: Vec<_> = refs.iter().map(|r| rx.take(r.0, r.1).unwrap()).collect();
-        drop(held);
-        // A hostile peer scribbles over the middle slot's state word.
         Slab::new(region, cfg)
             .unwrap()
             .state(refs[1].0)
