@@ -659,7 +659,7 @@ impl ShmLink {
             peer_gone: peer_gone.clone(),
             inline_max: config.inline_max,
             spinner: Spinner::new(config.idle),
-            hot_slot: HotSlot::new(Spinner::new(config.idle).budget()),
+            hot_slot: HotSlot::new(config.idle),
             error: None,
             fault: fault.clone(),
         };
@@ -805,43 +805,40 @@ const HOT_SLOT_BACKOFF: u32 = 4;
 /// between two slots, and at 1 MiB the source plus two slots no longer fit in a 2 MiB L2
 /// cache: a copy into alternating buffers ran at 71 % of a copy into one (`bench/`, 2026-12-05).
 /// So a payload of at least [`HOT_SLOT_MIN`] first spins, for at most one nanosecond per 256
-/// bytes and at most the sender's current (adaptive) spin budget, until that slot is free
-/// again. A receiver that keeps messages makes the wait time out; the next
-/// [`HOT_SLOT_BACKOFF`] large payloads sent while the receiver is awake then do not wait.
-/// Never under [`IdleStrategy::Park`] (its spin budget is zero), nor while the receiver is
-/// parked.
+/// bytes and at most the idle strategy's spin time, until that slot is free again. A
+/// receiver that keeps messages makes the wait time out; the next [`HOT_SLOT_BACKOFF`]
+/// large payloads then do not wait. Never under [`IdleStrategy::Park`] (no spinning at all).
+///
+/// Kept this simple on purpose: capping the wait by the adaptive spin budget and skipping
+/// it while the receiver is parked (both tried) made the inline send path of every small
+/// message 10–12 ns slower (23 → 35 ns per send, `SAME=1 ring_probe`: the extra state and
+/// argument changed how `alloc` was compiled), for no gain measurable at 1 MiB.
 #[derive(Debug, Clone, Copy)]
 struct HotSlot {
-    /// The sender's current spin budget (kept in step by `ShmTx::wait_ready`): caps the
-    /// wait; zero under [`IdleStrategy::Park`].
-    cap: Duration,
+    /// The idle strategy's spin time (zero for [`IdleStrategy::Park`]): a cap on the wait.
+    max: Duration,
     /// Large payloads left to send without waiting.
     skip: u32,
 }
 
 impl HotSlot {
-    /// Before acquiring a slot for `len` bytes: waits, at most `cap`, for the last slot,
-    /// unless the receiver is parked (it frees nothing before it is woken, which costs far
-    /// more than the wait; that is no sign that it holds messages, so no back-off either).
-    fn new(cap: Duration) -> HotSlot {
-        HotSlot { cap, skip: 0 }
+    fn new(idle: IdleStrategy) -> HotSlot {
+        HotSlot {
+            max: idle.spin_time(),
+            skip: 0,
+        }
     }
 
-    fn wait(
-        &mut self,
-        slab: &mut SlabSender,
-        len: usize,
-        receiver_parked: bool,
-    ) -> Result<(), ShmError> {
-        let cap = self.cap;
-        if len < HOT_SLOT_MIN || cap.is_zero() || receiver_parked {
+    /// Before acquiring a slot for `len` bytes: waits (bounded) for the last slot.
+    fn wait(&mut self, slab: &mut SlabSender, len: usize) -> Result<(), ShmError> {
+        if len < HOT_SLOT_MIN || self.max.is_zero() {
             return Ok(());
         }
         if self.skip > 0 {
             self.skip -= 1;
             return Ok(());
         }
-        let budget = Duration::from_nanos(len as u64 / HOT_SLOT_WAIT_BYTES_PER_NS).min(cap);
+        let budget = Duration::from_nanos(len as u64 / HOT_SLOT_WAIT_BYTES_PER_NS).min(self.max);
         let mut failed = None;
         let freed = spin_until(budget, || match slab.newest_in_flight() {
             Ok(busy) => Ok(!busy),
@@ -926,7 +923,6 @@ impl ShmTx {
         }
         let found = spin_until(self.spinner.budget(), || self.ready())?;
         self.spinner.record(found);
-        self.hot_slot.cap = self.spinner.budget();
         if found {
             return Ok(());
         }
@@ -1052,24 +1048,6 @@ impl<'a> Permit for ShmPermit<'a> {
 
     #[inline]
     fn alloc(self, len: usize) -> Result<ShmSlot<'a>, LinkError> {
-        if len <= self.inline_max {
-            return Ok(ShmSlot {
-                body: Body::Inline(self.grant),
-                len,
-                data_ready: self.data_ready,
-                error: self.error,
-            });
-        }
-        self.alloc_slab(len)
-    }
-}
-
-impl<'a> ShmPermit<'a> {
-    /// The slab part of [`Permit::alloc`], out of line, so that the inline path of every
-    /// small message stays short. (Paired runs could not tell the two apart: 64 B round
-    /// trips moved by ±10 % between builds that differ only in code layout.)
-    #[inline(never)]
-    fn alloc_slab(self, len: usize) -> Result<ShmSlot<'a>, LinkError> {
         let ShmPermit {
             grant,
             slab,
@@ -1078,28 +1056,33 @@ impl<'a> ShmPermit<'a> {
             hot_slot,
             error,
         } = self;
-        let slot_size = slab.max_payload();
-        if len > slot_size {
-            return Err(LinkError::TooLarge {
-                len,
-                max: slot_size.max(inline_max),
-            });
-        }
-        // `reserve` saw a free slot and only this permit takes slots; the slot handed out
-        // is the one written last if it is free, else the most recently released one: hot
-        // in cache (a large payload first waits briefly for the one written last, see
-        // `HotSlot`). A failure here means shared memory was tampered with: sticky, like
-        // every other link error.
-        if let Err(e) = hot_slot.wait(slab, len, grant.consumer_parked()) {
-            return Err(error.get_or_insert(link_err(e)).clone());
-        }
-        let slot = match slab.try_acquire() {
-            Ok(Some(slot)) => slot,
-            Ok(None) => return Err(error.get_or_insert(vanished()).clone()),
-            Err(e) => return Err(error.get_or_insert(link_err(e)).clone()),
+        let body = if len <= inline_max {
+            Body::Inline(grant)
+        } else {
+            let slot_size = slab.max_payload();
+            if len > slot_size {
+                return Err(LinkError::TooLarge {
+                    len,
+                    max: slot_size.max(inline_max),
+                });
+            }
+            // `reserve` saw a free slot and only this permit takes slots; the slot handed out
+            // is the one written last if it is free, else the most recently released one:
+            // hot in cache (a large payload first waits briefly for the one written last,
+            // see `HotSlot`). A failure here means shared memory was tampered with: sticky,
+            // like every other link error.
+            if let Err(e) = hot_slot.wait(slab, len) {
+                return Err(error.get_or_insert(link_err(e)).clone());
+            }
+            let slot = match slab.try_acquire() {
+                Ok(Some(slot)) => slot,
+                Ok(None) => return Err(error.get_or_insert(vanished()).clone()),
+                Err(e) => return Err(error.get_or_insert(link_err(e)).clone()),
+            };
+            Body::Slab(grant, slot)
         };
         Ok(ShmSlot {
-            body: Body::Slab(grant, slot),
+            body,
             len,
             data_ready,
             error,
@@ -1529,21 +1512,18 @@ mod tests {
         let region = Region::heap(cfg.region_size());
         let mut tx = SlabSender::init(region.clone(), cfg).unwrap();
         let rx = SlabReceiver::attach(region, cfg).unwrap();
-        let mut hot = HotSlot::new(DEFAULT_SPIN);
+        let mut hot = HotSlot::new(IdleStrategy::default());
         let (slot, len) = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
         let held = rx.take(slot, len).unwrap();
 
         // Small payloads never wait.
-        hot.wait(&mut tx, HOT_SLOT_MIN - 1, false).unwrap();
-        assert_eq!(hot.skip, 0);
-        // Nor does any payload while the receiver is parked, and that is no reason to back off.
-        hot.wait(&mut tx, HOT_SLOT_MIN, true).unwrap();
+        hot.wait(&mut tx, HOT_SLOT_MIN - 1).unwrap();
         assert_eq!(hot.skip, 0);
         // The slot written last is held: the wait times out (1 µs at 256 KiB) and backs off.
-        hot.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
+        hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
         assert_eq!(hot.skip, HOT_SLOT_BACKOFF);
         for left in (0..HOT_SLOT_BACKOFF).rev() {
-            hot.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
+            hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
             assert_eq!(hot.skip, left);
         }
         let other = tx.try_acquire().unwrap().unwrap();
@@ -1552,15 +1532,15 @@ mod tests {
 
         // Released: no back-off, and the freed slot is the one handed out.
         drop(held);
-        hot.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
+        hot.wait(&mut tx, HOT_SLOT_MIN).unwrap();
         assert_eq!(hot.skip, 0);
         assert_eq!(tx.try_acquire().unwrap().unwrap().index(), slot);
 
-        // No spin budget (parking links, or a collapsed adaptive spin): no wait.
-        let mut park = HotSlot::new(Duration::ZERO);
+        // Parking links never spin.
+        let mut park = HotSlot::new(IdleStrategy::Park);
         let (slot, len) = tx.try_acquire().unwrap().unwrap().publish(1).unwrap();
         let _held = rx.take(slot, len).unwrap();
-        park.wait(&mut tx, HOT_SLOT_MIN, false).unwrap();
+        park.wait(&mut tx, HOT_SLOT_MIN).unwrap();
         assert_eq!(park.skip, 0);
     }
 

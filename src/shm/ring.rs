@@ -500,14 +500,6 @@ impl RingProducer {
         self.ring.capacity as usize
     }
 
-    /// Whether the consumer has announced a park (it is asleep, or about to sleep, until
-    /// woken). A hint only: it may change right after; wake-ups go through the commits.
-    #[inline]
-    pub fn consumer_parked(&self) -> bool {
-        // Relaxed: a hint; nothing is read on the strength of it.
-        self.ring.header().consumer_parked.0.load(Ordering::Relaxed) & 1 == 1
-    }
-
     /// Largest inline payload a grant may ask for, in bytes ([`ring_max_inline`]).
     pub fn max_inline(&self) -> usize {
         self.ring.max_inline
@@ -670,12 +662,6 @@ impl fmt::Debug for Grant<'_> {
 }
 
 impl Grant<'_> {
-    /// [`RingProducer::consumer_parked`], while the grant borrows the producer.
-    #[inline]
-    pub fn consumer_parked(&self) -> bool {
-        self.producer.consumer_parked()
-    }
-
     /// Maximum inline payload of this grant in bytes.
     #[inline]
     pub fn max_len(&self) -> usize {
