@@ -51,11 +51,13 @@ struct Line(AtomicU64);
 /// One cache line bounced between two threads: the requester writes an odd sequence number,
 /// the echo thread answers with the next even one.
 fn cache_line_round_trips(n: usize) -> Vec<Duration> {
+    let _pin = crate::pin::SideA::pin();
     let line = Arc::new(Line(AtomicU64::new(0)));
     let total = (warmup(n) + n) as u64;
     let echo = {
         let line = line.clone();
         std::thread::spawn(move || {
+            crate::pin::side_b();
             for i in 0..total {
                 let want = 2 * i + 1;
                 // Acquire pairs with the requester's Release store of `want`.
@@ -87,6 +89,7 @@ fn cache_line_round_trips(n: usize) -> Vec<Duration> {
 /// transport does. The mutexes are never contended (the flag decides whose turn it is);
 /// they only make the buffers shareable without `unsafe`.
 fn spin_copy_round_trips(size: usize, n: usize) -> Vec<Duration> {
+    let _pin = crate::pin::SideA::pin();
     let shared = Arc::new((
         Line(AtomicU64::new(0)),
         Mutex::new(vec![0u8; size]),
@@ -96,6 +99,7 @@ fn spin_copy_round_trips(size: usize, n: usize) -> Vec<Duration> {
     let echo = {
         let shared = shared.clone();
         std::thread::spawn(move || {
+            crate::pin::side_b();
             for i in 0..total {
                 let want = 2 * i + 1;
                 // Acquire pairs with the requester's Release store of `want`.
@@ -146,6 +150,7 @@ fn memcpy_one_way(size: usize, n: usize) -> Duration {
 /// the requester (`remote == false`) or on its own current-thread runtime on another
 /// thread. Every send copies the message into fresh `Bytes`, as a transport would.
 async fn mpsc_round_trips(size: usize, n: usize, remote: bool) -> Vec<Duration> {
+    let _pin = remote.then(crate::pin::SideA::pin);
     let (req_tx, mut req_rx) = mpsc::channel::<Bytes>(64);
     let (resp_tx, mut resp_rx) = mpsc::channel::<Bytes>(64);
     let echo = async move {
@@ -179,6 +184,7 @@ async fn mpsc_round_trips(size: usize, n: usize, remote: bool) -> Vec<Duration> 
 /// Streams `n` messages through one tokio mpsc channel (capacity 1024) to a receiver on the
 /// same runtime or on another runtime's thread.
 async fn mpsc_one_way(size: usize, n: usize, remote: bool) -> Duration {
+    let _pin = remote.then(crate::pin::SideA::pin);
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
@@ -231,6 +237,7 @@ impl Spawned {
 fn spawn_echo<F: std::future::Future<Output = ()> + Send + 'static>(f: F, remote: bool) -> Spawned {
     if remote {
         Spawned::Thread(Some(std::thread::spawn(move || {
+            crate::pin::side_b();
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

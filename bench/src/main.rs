@@ -17,6 +17,7 @@ mod harness;
 mod ours;
 mod paths;
 mod peers;
+mod pin;
 mod report;
 mod stream;
 
@@ -66,6 +67,7 @@ fn contenders() -> Vec<Contender> {
 }
 
 fn main() {
+    pin::init();
     let mut s = Settings {
         repeats: 7,
         stream_bytes: 64 << 20,

@@ -24,6 +24,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     std::thread::spawn(move || {
+        crate::pin::side_b();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -39,7 +40,8 @@ async fn join(h: std::thread::JoinHandle<()>) {
 }
 
 /// A contender for any Link whose side `b` runs on its own thread and runtime; side `a`
-/// runs on the bench's current-thread runtime.
+/// runs on the bench's current-thread runtime. The two threads are pinned to CPUs 0 and 1
+/// (see [`crate::pin`]).
 pub fn two_runtimes<L, F, Fut>(name: impl Into<String>, pair: F) -> Contender
 where
     L: Link,
@@ -49,6 +51,7 @@ where
     let p2 = pair.clone();
     Contender::new(name, Role::Ours)
         .round_trip(move |ctx, size, n| {
+            let _pin = crate::pin::SideA::pin();
             ctx.block_on(Flavor::CurrentThread, async {
                 let (a, b) = pair().await;
                 let (btx, brx) = b.split();
@@ -62,6 +65,7 @@ where
             })
         })
         .one_way(move |ctx, size, n| {
+            let _pin = crate::pin::SideA::pin();
             ctx.block_on(Flavor::CurrentThread, async {
                 let (a, b) = p2().await;
                 let (_btx, mut brx) = b.split();

@@ -315,10 +315,12 @@ mod vox10 {
 // ---- ipc-channel: blocking byte channels, one thread per side ----
 
 fn ipc_round_trips(size: usize, n: usize) -> Vec<Duration> {
+    let _pin = crate::pin::SideA::pin();
     let (req_tx, req_rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
     let (resp_tx, resp_rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
     let total = warmup(n) + n;
     let echo = std::thread::spawn(move || {
+        crate::pin::side_b();
         for _ in 0..total {
             let m = req_rx.recv().expect("ipc recv");
             resp_tx.send(&m).expect("ipc send");
@@ -341,10 +343,12 @@ fn ipc_round_trips(size: usize, n: usize) -> Vec<Duration> {
 }
 
 fn ipc_one_way(size: usize, n: usize) -> Duration {
+    let _pin = crate::pin::SideA::pin();
     let (tx, rx) = ipc_channel::ipc::bytes_channel().expect("ipc channel");
     let payload = vec![0xA5u8; size];
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
+        crate::pin::side_b();
         let _ = ready_tx.send(());
         for _ in 0..n {
             let m = rx.recv().expect("ipc recv");
@@ -447,6 +451,7 @@ mod ice {
     }
 
     pub fn round_trips(size: usize, n: usize) -> Vec<Duration> {
+        let _pin = crate::pin::SideA::pin();
         set_log_level(LogLevel::Error);
         let (ping, pong) = (service_name("ping"), service_name("pong"));
         let total = warmup(n) + n;
@@ -454,6 +459,7 @@ mod ice {
         let echo = {
             let (ping, pong, ready) = (ping.clone(), pong.clone(), ready.clone());
             std::thread::spawn(move || {
+                crate::pin::side_b();
                 let node = node();
                 let (_, sub) = ports(&node, &ping, size, 4, false);
                 let (publ, _) = ports(&node, &pong, size, 4, true);
@@ -488,6 +494,7 @@ mod ice {
     }
 
     pub fn one_way(size: usize, n: usize) -> Duration {
+        let _pin = crate::pin::SideA::pin();
         set_log_level(LogLevel::Error);
         let name = service_name("stream");
         // Queue depth: up to 256 messages, at most ~4 MiB of samples in flight.
@@ -496,6 +503,7 @@ mod ice {
         let reader = {
             let (name, ready) = (name.clone(), ready.clone());
             std::thread::spawn(move || {
+                crate::pin::side_b();
                 let node = node();
                 let (_, sub) = ports(&node, &name, size, depth, false);
                 let sub = sub.expect("sub");

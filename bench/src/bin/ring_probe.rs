@@ -27,6 +27,9 @@
 //! scheduler kept a freshly spawned reader thread on its spawner's CPU for the first
 //! milliseconds, so a short stream measured two spinning threads sharing one core).
 
+#[path = "../pin.rs"]
+mod pin;
+
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
@@ -206,7 +209,7 @@ fn one_way_on_two_threads<L: Link>(
     let pinned = std::env::var_os("PIN").is_some();
     let reader = std::thread::spawn(move || {
         if pinned {
-            pin(1);
+            pin::side_b();
         }
         runtime().block_on(async move {
             for _ in 0..warm {
@@ -220,9 +223,7 @@ fn one_way_on_two_threads<L: Link>(
             done_tx.send(Instant::now()).expect("done");
         })
     });
-    if pinned {
-        pin(0);
-    }
+    let pin_a = pinned.then(pin::SideA::pin);
     let (mut atx, _arx) = a.split();
     let payload = vec![0xA5u8; size];
     // One `block_on` throughout: a socket's readiness is driven by the runtime it was
@@ -239,9 +240,7 @@ fn one_way_on_two_threads<L: Link>(
         done_rx.await.expect("reader done").duration_since(start)
     });
     reader.join().expect("reader");
-    if pinned {
-        unpin();
-    }
+    drop(pin_a);
     n as f64 / elapsed.as_secs_f64()
 }
 
@@ -252,29 +251,6 @@ fn stream_one_way(size: usize, n: usize) -> f64 {
         .block_on(async { StreamLink::unix_pair(Default::default()) })
         .expect("unix pair");
     one_way_on_two_threads(rt, pair, size, n)
-}
-
-/// Pins the calling thread to one CPU.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed `cpu_set_t` is a valid empty set; `CPU_SET` and `sched_setaffinity`
-    // only read and write it. A failure (e.g. no such CPU) leaves the affinity unchanged.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// Lets the calling thread run on every CPU again.
-fn unpin() {
-    // SAFETY: as in `pin`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// Copies of a `size`-byte source into `buffers` destination buffers in turn, per second.
@@ -291,6 +267,7 @@ fn copies_per_second(size: usize, n: usize, buffers: usize) -> f64 {
 }
 
 fn main() {
+    pin::init();
     let mut args = std::env::args()
         .skip(1)
         .map(|a| a.parse::<usize>().expect("a number"));
