@@ -773,23 +773,12 @@ async fn registry_survives_a_panicking_on_session_callback() {
     expect_in_order(&mut received, 1).await;
     // The second session's callback panics: its client is refused.
     let (second, _r2, mut events) = actor_client(ep.clone());
-    let refused = tokio::time::timeout(GUARD, async {
-        loop {
-            match events.recv().await.expect("events channel closed") {
-                SessionEvent::Refused { unacked } => break unacked,
-                SessionEvent::SessionUp => panic!("a session whose callback panicked came up"),
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .expect("deadlock guard");
-    assert_eq!(refused, 0);
-    let r = second.send(Outgoing(msg(0))).await.unwrap();
-    assert!(
-        matches!(r, Err(StableError::Refused { unacked: 0 })),
-        "{r:?}"
-    );
+    expect_refused(
+        &second,
+        &mut events,
+        "a session whose callback panicked came up",
+    )
+    .await;
     // The registry is alive and serves new sessions; the first one still works.
     let (third, _r3, _e3) = actor_client(ep);
     third.send(Outgoing(msg(0))).await.unwrap().unwrap();
@@ -963,6 +952,32 @@ type ActorClient = (
     mpsc::UnboundedReceiver<SessionEvent>,
 );
 
+/// Asserts that the session of `client` was refused: a `Refused { unacked: 0 }` event (never
+/// `SessionUp`, which fails with `up`) and a send that fails with the same, terminal error.
+async fn expect_refused(
+    client: &Addr<StableSession<Msg>>,
+    events: &mut mpsc::UnboundedReceiver<SessionEvent>,
+    up: &str,
+) {
+    let refused = tokio::time::timeout(GUARD, async {
+        loop {
+            match events.recv().await.expect("events channel closed") {
+                SessionEvent::Refused { unacked } => break unacked,
+                SessionEvent::SessionUp => panic!("{up}"),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("deadlock guard");
+    assert_eq!(refused, 0);
+    let r = client.send(Outgoing(msg(0))).await.unwrap();
+    assert!(
+        matches!(r, Err(StableError::Refused { unacked: 0 })),
+        "{r:?}"
+    );
+}
+
 /// A client of the registry, with its received items and events.
 fn actor_client(ep: Endpoint) -> ActorClient {
     let (rep_tx, received) = mpsc::unbounded_channel();
@@ -995,23 +1010,12 @@ async fn registry_refuses_sessions_beyond_its_limit() {
     expect_in_order(&mut server.received, 1).await;
     // The second session is refused: a terminal, distinct error and event.
     let (second, _received, mut events) = actor_client(ep);
-    let refused = tokio::time::timeout(GUARD, async {
-        loop {
-            match events.recv().await.unwrap() {
-                SessionEvent::Refused { unacked } => break unacked,
-                SessionEvent::SessionUp => panic!("a session beyond the limit was created"),
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .expect("deadlock guard");
-    assert_eq!(refused, 0);
-    let r = second.send(Outgoing(msg(0))).await.unwrap();
-    assert!(
-        matches!(r, Err(StableError::Refused { unacked: 0 })),
-        "{r:?}"
-    );
+    expect_refused(
+        &second,
+        &mut events,
+        "a session beyond the limit was created",
+    )
+    .await;
     let stats = server.registry.send(RegistryStats).await.unwrap();
     assert_eq!(
         (stats.sessions, stats.refused, stats.rejected),

@@ -830,7 +830,7 @@ impl HotSlot {
     }
 
     /// Before acquiring a slot for `len` bytes: waits (bounded) for the last slot.
-    fn wait(&mut self, slab: &mut SlabSender, len: usize) -> Result<(), ShmError> {
+    fn wait(&mut self, slab: &mut SlabSender, len: usize) -> Result<(), LinkError> {
         if len < HOT_SLOT_MIN || self.max.is_zero() {
             return Ok(());
         }
@@ -839,18 +839,10 @@ impl HotSlot {
             return Ok(());
         }
         let budget = Duration::from_nanos(len as u64 / HOT_SLOT_WAIT_BYTES_PER_NS).min(self.max);
-        let mut failed = None;
-        let freed = spin_until(budget, || match slab.newest_in_flight() {
-            Ok(busy) => Ok(!busy),
-            Err(e) => {
-                failed = Some(e);
-                Ok(true)
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if !matches!(freed, Ok(true)) {
+        let freed = spin_until(budget, || {
+            slab.newest_in_flight().map(|busy| !busy).map_err(link_err)
+        })?;
+        if !freed {
             self.skip = HOT_SLOT_BACKOFF;
         }
         Ok(())
@@ -1072,7 +1064,7 @@ impl<'a> Permit for ShmPermit<'a> {
             // see `HotSlot`). A failure here means shared memory was tampered with: sticky,
             // like every other link error.
             if let Err(e) = hot_slot.wait(slab, len) {
-                return Err(error.get_or_insert(link_err(e)).clone());
+                return Err(error.get_or_insert(e).clone());
             }
             let slot = match slab.try_acquire() {
                 Ok(Some(slot)) => slot,
@@ -1321,16 +1313,6 @@ impl Drop for ShmRx {
     }
 }
 
-impl ShmRx {
-    /// Records the link's sticky failure (and tells the hub, on its side).
-    fn fail(&mut self, e: &LinkError) {
-        if let Some(f) = &self.fault {
-            f.raise(e);
-        }
-        self.done = Some(Err(e.clone()));
-    }
-}
-
 impl LinkRx for ShmRx {
     #[inline]
     async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
@@ -1345,7 +1327,10 @@ impl LinkRx for ShmRx {
                 Ok(None)
             }
             Err(e) => {
-                self.fail(&e);
+                if let Some(f) = &self.fault {
+                    f.raise(&e);
+                }
+                self.done = Some(Err(e.clone()));
                 Err(e)
             }
         }
