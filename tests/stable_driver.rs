@@ -903,6 +903,13 @@ fn a_full_link_backpressures_the_sender_before_the_replay_buffer_fills() {
         let sender = tokio::spawn(async move {
             for i in 0..N {
                 c2.send(item(i)).await.unwrap();
+                // Until the client's link writer has tried a write, nobody knows the link is
+                // full, and a send that does not wait returns at once: give the writer a turn
+                // after each item, so that a loaded machine (CI ran this next to other test
+                // binaries, and the sender once finished all 5,000 items before the writer's
+                // worker got to run) cannot let the sender outrun it. Without the wait for
+                // link room the sender still finishes everything here.
+                tokio::task::yield_now().await;
             }
         });
         // The server's application does not read: its driver holds `app_queue` items, the
