@@ -430,37 +430,33 @@ async fn actors_over_unix_sockets_with_mid_frame_cuts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A registry fed by an `Acceptor` listening at `at`; `n` items each way through injector
+/// kills (seeded with `seed`).
+async fn exchange_through_an_acceptor(at: &str, seed: u64, n: u32) {
+    let server = new_server(&kill_config());
+    let (_acceptor, ep) = actix_tether::actors::Acceptor::listen(
+        &at.parse().unwrap(),
+        server.registry.clone().recipient(),
+        server.registry.clone().recipient(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    exchange_with_injector(ep, kill_plan(seed), server, n).await;
+}
+
 /// Stable sessions behind the general-purpose `Acceptor` (instead of the registry's own
 /// accept loop), over `inproc://`: the registry is the acceptor's `incoming` and `errors`
 /// recipient and creates or resumes the session for every link it is handed.
 #[actix::test]
 async fn actors_over_inproc_through_an_acceptor_with_kills() {
-    const N: u32 = SIDE_N;
-    let server = new_server(&kill_config());
-    let (_acceptor, ep) = actix_tether::actors::Acceptor::listen(
-        &"inproc://stable-actor-kills".parse().unwrap(),
-        server.registry.clone().recipient(),
-        server.registry.clone().recipient(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    exchange_with_injector(ep, kill_plan(44), server, N).await;
+    exchange_through_an_acceptor("inproc://stable-actor-kills", 44, SIDE_N).await;
 }
 
 /// The same over TCP (a shorter exchange).
 #[actix::test]
 async fn acceptor_hands_incoming_links_to_the_registry() {
-    let server = new_server(&kill_config());
-    let (_acceptor, ep) = actix_tether::actors::Acceptor::listen(
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        server.registry.clone().recipient(),
-        server.registry.clone().recipient(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    exchange_with_injector(ep, kill_plan(45), server, 5_000).await;
+    exchange_through_an_acceptor("tcp://127.0.0.1:0", 45, 5_000).await;
 }
 
 /// Forwards the hub's peer events into a channel.
